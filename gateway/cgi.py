@@ -1,0 +1,281 @@
+"""CGI (RFC 3875) both ways: a request becomes argv and environment; stdout becomes a response.
+
+The behaviour follows WAGI and Spin's WAGI executor, except where both are wrong (see
+`docs/compatibility.md`): CONTENT_TYPE is filled in, repeated request headers are joined,
+repeated response headers are all kept, an empty query adds no argument, and `exit(0)`
+is a success.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .manifest import DEFAULT_ARGV
+
+# Request headers never passed to a guest: credentials, and `Proxy`, which would become
+# HTTP_PROXY and redirect the guest's outbound requests (httpoxy, CVE-2016-5385).
+HIDDEN_REQUEST_HEADERS = frozenset(
+    {b"authorization", b"proxy-authorization", b"connection", b"proxy"}
+)
+# Hop-by-hop headers belong to one connection; Content-Length is the server's to set.
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",
+    }
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What CGI needs to know about an HTTP request."""
+
+    method: str
+    raw_path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    body_length: int = 0
+    scheme: str = "http"
+    protocol: str = "HTTP/1.1"
+    client: tuple[str, int] | None = None
+    # The address the server listens on: SERVER_NAME/PORT without a Host header.
+    server: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """The route that matched, as the CGI variables describe it."""
+
+    matched_route: str  # as written, e.g. `/env/...`
+    component_route: str  # without `/...`
+    script_name: str
+    path_info: str
+    raw_path_info: str
+    params: tuple[tuple[str, str], ...] = ()
+    base_path: str = "/"
+
+
+def argv(template: str, request: Request) -> list[str]:
+    """Expand an argv template: `${SCRIPT_NAME}` is the path, `${ARGS}` the query's parts."""
+    if template == DEFAULT_ARGV:
+        return _default_argv(request)
+    args = request.query.split("&") if request.query else []
+    result: list[str] = []
+    for token in template.split():
+        if token == "${ARGS}":
+            result.extend(args)
+        else:
+            token = token.replace("${SCRIPT_NAME}", request.raw_path)
+            result.append(token.replace("${ARGS}", request.query))
+    return result
+
+
+def _default_argv(request: Request) -> list[str]:
+    if not request.query:
+        return [request.raw_path]  # fix: peers add an empty argument here
+    return [request.raw_path, *request.query.split("&")]
+
+
+def environment(request: Request, route: RouteInfo, base: dict[str, str]) -> dict[str, str]:
+    """The guest's environment: `base` (configured), then CGI variables, which win."""
+    env = dict(base)
+    for name, value in _header_variables(request.headers).items():
+        env[name] = value
+    server_name, server_port = _server_address(request)
+    client_host, client_port = request.client or ("", 0)
+    query = request.query
+    env.update(
+        {
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_SOFTWARE": "WAGI/1",
+            "SERVER_PROTOCOL": request.protocol,
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": route.script_name,
+            "PATH_INFO": route.path_info,
+            "PATH_TRANSLATED": route.path_info,
+            "X_RAW_PATH_INFO": route.raw_path_info,
+            "QUERY_STRING": query,
+            "CONTENT_LENGTH": str(request.body_length),
+            "CONTENT_TYPE": _header(request.headers, b"content-type"),
+            "REMOTE_ADDR": client_host,
+            "REMOTE_HOST": client_host,
+            "REMOTE_USER": "",
+            "AUTH_TYPE": "",
+            "X_CLIENT_ADDR": f"{client_host}:{client_port}",
+            "SERVER_NAME": server_name,
+            "SERVER_PORT": str(server_port),
+            "X_MATCHED_ROUTE": route.matched_route,
+            "X_FULL_URL": _full_url(request, server_name, server_port),
+            "X_COMPONENT_ROUTE": route.component_route,
+            "X_RAW_COMPONENT_ROUTE": route.matched_route,
+            "X_BASE_PATH": route.base_path,
+        }
+    )
+    if request.scheme == "https":
+        env["HTTPS"] = "on"
+    for name, value in route.params:
+        env[f"X_PATH_MATCH_{name.upper()}"] = value
+    return env
+
+
+def _header_variables(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """`HTTP_*` variables; a repeated header is joined with `, ` (RFC 3875 4.1.18)."""
+    variables: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        if name in HIDDEN_REQUEST_HEADERS:
+            continue
+        text = _text(value)
+        if text is None:
+            continue
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if key in variables:
+            # Cookies repeat in HTTP/2 (one per crumb) and rejoin with `; ` (RFC 9113).
+            separator = "; " if name == b"cookie" else ", "
+            variables[key] = variables[key] + separator + text
+        else:
+            variables[key] = text
+    return variables
+
+
+def _text(value: bytes) -> str | None:
+    """A header value as text for the environment: UTF-8 if it is, else Latin-1."""
+    if b"\x00" in value or b"\r" in value or b"\n" in value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str:
+    for name, value in headers:
+        if name.lower() == wanted:
+            return _text(value) or ""
+    return ""
+
+
+def _server_address(request: Request) -> tuple[str, int]:
+    host = _header(request.headers, b"host")
+    if host:
+        name, port = _split_host(host)
+        if port is not None:
+            return name, port
+        return name, DEFAULT_PORTS.get(request.scheme, 80)
+    if request.server:
+        return request.server
+    return "localhost", DEFAULT_PORTS.get(request.scheme, 80)
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    if host.startswith("["):  # [IPv6]:port
+        end = host.find("]")
+        name, rest = host[: end + 1], host[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port_text = host.partition(":")
+    return name, int(port_text) if port_text.isdigit() else None
+
+
+def _full_url(request: Request, server_name: str, server_port: int) -> str:
+    query = f"?{request.query}" if request.query else ""
+    return f"{request.scheme}://{server_name}:{server_port}{request.raw_path}{query}"
+
+
+# --------------------------------------------------------------------------- response
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Header values may hold visible ASCII, spaces, tabs and obs-text; no other controls.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class CgiError(Exception):
+    """The guest's output is not a usable CGI response."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Response:
+    """A parsed CGI response."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def parse_response(output: bytes) -> Response:
+    """Parse CGI output: header lines, an empty line, then the body byte for byte."""
+    header_end, body_start = _find_header_end(output)
+    if header_end <= 0:
+        raise CgiError(500, "module printed no CGI header block")
+    status: int | None = None
+    has_content_type = has_location = False
+    headers: list[tuple[bytes, bytes]] = []
+    for line in output[:header_end].split(b"\n"):
+        name, value = _header_line(line.removesuffix(b"\r"))
+        lower = name.lower()
+        if lower == b"status":
+            status = _status(value)
+            continue
+        if lower == b"content-type":
+            has_content_type = True
+        elif lower == b"location":
+            has_location = True
+        if lower not in DROPPED_RESPONSE_HEADERS:
+            headers.append((lower, value))
+    if status is None and not has_content_type and not has_location:
+        raise CgiError(
+            500, "module printed no CGI header block (no Content-Type, Status or Location)"
+        )
+    if status is None:
+        status = 302 if has_location else 200
+    return Response(status, headers, output[body_start:])
+
+
+def _find_header_end(output: bytes) -> tuple[int, int]:
+    """Where the header block ends and the body starts; (-1, -1) without an empty line.
+
+    An empty line first of all gives (0, ...): a body with no header block.
+    """
+    position = 0
+    while True:
+        newline = output.find(b"\n", position)
+        if newline < 0:
+            return -1, -1
+        line = output[position:newline]
+        if line in (b"", b"\r"):
+            return max(position - 1, 0), newline + 1  # position - 1: the last header's \n
+        position = newline + 1
+
+
+def _header_line(line: bytes) -> tuple[bytes, bytes]:
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.match(name):
+        shown = line[:60].decode("latin-1").encode("unicode_escape").decode()
+        raise CgiError(502, f"module printed a malformed header line: {shown!r}")
+    value = value.strip(b" \t")
+    if _BAD_VALUE.search(value):
+        raise CgiError(
+            502, f"header {name.decode()} has a control character in its value (CR, LF or NUL)"
+        )
+    return name, value
+
+
+def _status(value: bytes) -> int:
+    code = value.split(b" ", 1)[0]
+    if not code.isdigit() or not 200 <= int(code) <= 599:
+        shown = value[:40].decode("latin-1")
+        raise CgiError(502, f"module printed an invalid Status: {shown!r}")
+    return int(code)

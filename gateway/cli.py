@@ -1,0 +1,158 @@
+"""The `wagi` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import (
+    ConfigError,
+    Settings,
+    default_cache_dir,
+    find_manifest,
+    parse_env_file,
+    parse_env_pair,
+    parse_listen,
+)
+from .engine import LoadError
+from .logs import setup_logging
+from .manifest import ManifestError
+
+log = logging.getLogger("wagi")
+
+# Errors that are the user's to fix: reported in one line, without a traceback.
+USER_ERRORS = (ConfigError, ManifestError, LoadError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `wagi` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wagi", description="Serve WebAssembly (WASI) modules as CGI-style HTTP handlers."
+    )
+    parser.add_argument("--version", action="version", version=f"wagi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve an app",
+        description="Serve the app a manifest describes.",
+    )
+    _add_manifest_option(serve)
+    serve.add_argument(
+        "-l",
+        "--listen",
+        default="127.0.0.1:3000",
+        metavar="HOST:PORT",
+        help="address to listen on (default: %(default)s)",
+    )
+    serve.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for every module (repeatable)",
+    )
+    serve.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="file of NAME=VALUE lines for every module (--env wins)",
+    )
+    serve.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="write each component's stderr to DIR/<component>.log",
+    )
+    serve.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        default=default_cache_dir(),
+        help="compiled-module cache (default: %(default)s)",
+    )
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
+    _add_log_option(serve)
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="manifest: spin.toml (v1 or v2) or modules.toml "
+        "(default: ./spin.toml, else ./modules.toml)",
+    )
+
+
+def _add_log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="gateway log level (default: %(default)s)",
+    )
+
+
+def _manifest_path(args: argparse.Namespace) -> Path:
+    if args.config is None:
+        return find_manifest(Path.cwd())
+    if not args.config.is_file():
+        raise ConfigError(f"manifest not found: {args.config}")
+    return args.config
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Check the `serve` options and gather them into one Settings object."""
+    parse_listen(args.listen)
+    env = list(parse_env_file(args.env_file)) if args.env_file else []
+    env.extend(parse_env_pair(pair) for pair in args.env)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"file not found: {path}")
+    return Settings(
+        manifest=_manifest_path(args).absolute(),
+        listen=args.listen,
+        env=tuple(env),
+        env_file=args.env_file,
+        log_dir=args.log_dir,
+        cache_dir=args.cache_dir,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve  # hypercorn is only needed to serve
+
+    serve(settings_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

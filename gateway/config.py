@@ -1,0 +1,132 @@
+"""The gateway's settings: one object, built by the CLI, read by every part.
+
+Values that come from users (sizes, durations, `NAME=VALUE` pairs, env files, listen
+addresses) are parsed and checked here, so that a mistake is reported once, clearly,
+before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting given on the command line or in an env file is not valid."""
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size such as `64M`, `1G`, `512K` or `1048576` (units are powers of 2)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"size must not be negative: {text}")
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (use a number of bytes, or 64K, 64M, 1G)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Parse seconds given as `30`, `2.5`, `500ms`, `30s` or `2m`."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$", str(text))
+        if not match:
+            raise ConfigError(f"not a duration: {text!r} (use seconds, or 500ms, 30s, 2m)")
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+        seconds = float(match.group(1)) * scale
+    if seconds <= 0:
+        raise ConfigError(f"duration must be positive: {text!r}")
+    return seconds
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_env_pair(text: str) -> tuple[str, str]:
+    """Parse one `NAME=VALUE` pair as given to `--env`."""
+    name, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise ConfigError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def parse_env_file(path: Path) -> list[tuple[str, str]]:
+    """Read `NAME=VALUE` lines (blank lines, `#` comments and `export ` allowed)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read env file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: env file is not UTF-8 text") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        try:
+            name, value = parse_env_pair(line)
+        except ConfigError as error:
+            raise ConfigError(f"{path}:{number}: {error}") from None
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        pairs.append((name, value))
+    return pairs
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` (IPv6 hosts in brackets: `[::1]:3000`)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT for --listen, got {text!r}")
+    return host, int(port)
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache folder: `$XDG_CACHE_HOME/wagi`, else `~/.cache/wagi`."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wagi"
+
+
+def find_manifest(folder: Path) -> Path:
+    """Pick `spin.toml`, else `modules.toml`, in `folder`."""
+    for name in ("spin.toml", "modules.toml"):
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no spin.toml or modules.toml in {folder}; name a manifest with -c FILE")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to know, besides the manifest's own content."""
+
+    manifest: Path
+    listen: str = "127.0.0.1:3000"
+    # Global environment for every module: `--env-file` first, then `--env` (later wins).
+    env: tuple[tuple[str, str], ...] = ()
+    env_file: Path | None = None
+    log_dir: Path | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    workers: int = 1
+    # Threads that run guests; wasm runs with the GIL released, so one per core.
+    guest_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    # Instances kept ready per component (a component's `tool.wagi.pool_size` wins).
+    pool_size: int = 4
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """The `--listen` value as (host, port)."""
+        return parse_listen(self.listen)

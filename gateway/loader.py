@@ -1,0 +1,219 @@
+"""Turn a manifest into a runnable app: modules compiled and linked, files staged, routes built.
+
+Everything that can be done before the first request is done here, so the request path
+only reads the `LoadedApp` this returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .engine import Engine, Invocation, LoadedModule, LoadError, Program
+from .logs import ComponentLog
+from .manifest import Component, Manifest, ManifestError, Trigger
+from .mounts import StagedFiles, guest_mounts
+from .routing import Route, RoutePattern, RouteSyntaxError, RouteTable
+
+log = logging.getLogger("wagi.loader")
+
+
+@dataclass
+class ComponentRuntime:
+    """A component ready to run: its linked program and the context every run gets."""
+
+    id: str
+    source: Path
+    program: Program
+    env: dict[str, str]
+    mounts: list[tuple[str, str]]
+    log: ComponentLog
+    staged: StagedFiles | None
+
+    def close(self) -> None:
+        """Release the staged files and the log file."""
+        if self.staged is not None:
+            self.staged.close()
+        self.log.close()
+
+
+@dataclass(frozen=True)
+class Handler:
+    """What a route leads to: a component and how to invoke it."""
+
+    component: ComponentRuntime
+    pattern: RoutePattern
+    entrypoint: str
+    argv: str
+    base_path: str
+    origin: str
+
+
+class LoadedApp:
+    """An app as loaded from one manifest: components and the route table."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        components: dict[str, ComponentRuntime],
+        routes: RouteTable[Handler],
+    ) -> None:
+        self.manifest = manifest
+        self.components = components
+        self.routes = routes
+
+    def close(self) -> None:
+        """Release every component's resources."""
+        for component in self.components.values():
+            component.close()
+
+
+def load_app(manifest: Manifest, settings: Settings, engine: Engine) -> LoadedApp:
+    """Compile, link and prepare every component, then build the route table."""
+    components: dict[str, ComponentRuntime] = {}
+    try:
+        modules: dict[Path, LoadedModule] = {}
+        for component in manifest.components.values():
+            components[component.id] = _prepare(component, settings, engine, modules)
+        handlers = [_handler(trigger, components, manifest.base) for trigger in manifest.triggers]
+        if manifest.kind == "wagi":
+            handlers = _expand_wagi_routes(handlers)
+        routes = _route_table(handlers)
+    except BaseException:
+        for runtime in components.values():
+            runtime.close()
+        raise
+    for handler in handlers:
+        problem = handler.component.program.entrypoint_problem(handler.entrypoint)
+        if problem:
+            log.warning(
+                "%s: route %s will answer 500: %s", handler.origin, handler.pattern.text, problem
+            )
+    return LoadedApp(manifest, components, routes)
+
+
+def _prepare(
+    component: Component, settings: Settings, engine: Engine, modules: dict[Path, LoadedModule]
+) -> ComponentRuntime:
+    loaded = modules.get(component.source)
+    if loaded is None:
+        loaded = modules[component.source] = _load_module(component, engine)
+    try:
+        program = engine.link(
+            loaded.module, f"component `{component.id}` ({component.source.name})"
+        )
+    except LoadError as error:
+        raise LoadError(f"{component.origin}: {error}") from None
+    staged = StagedFiles(component) if component.files else None
+    env = dict(settings.env)
+    env.update(component.environment)
+    return ComponentRuntime(
+        id=component.id,
+        source=component.source,
+        program=program,
+        env=env,
+        mounts=guest_mounts(component, staged),
+        log=ComponentLog(settings.log_dir, component.id),
+        staged=staged,
+    )
+
+
+def _load_module(component: Component, engine: Engine) -> LoadedModule:
+    try:
+        loaded = engine.load(component.source)
+    except LoadError as error:
+        raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+    how = "loaded from the compiled cache" if loaded.from_cache else "compiled"
+    log.info(
+        "component %s: %s (%d KiB) %s in %.1f ms",
+        component.id,
+        component.source.name,
+        max(loaded.size // 1024, 1),
+        how,
+        loaded.seconds * 1000,
+    )
+    return loaded
+
+
+def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: str) -> Handler:
+    try:
+        pattern = RoutePattern.parse(trigger.route)
+    except RouteSyntaxError as error:
+        raise ManifestError(trigger.origin, "route", str(error)) from None
+    return Handler(
+        components[trigger.component],
+        pattern,
+        trigger.entrypoint,
+        trigger.argv,
+        base,
+        trigger.origin,
+    )
+
+
+def _route_table(handlers: list[Handler]) -> RouteTable[Handler]:
+    seen: dict[tuple, Handler] = {}
+    for handler in handlers:
+        shape = handler.pattern.shape()
+        other = seen.get(shape)
+        if other is not None:
+            raise ManifestError(
+                handler.origin,
+                "route",
+                f"route {handler.pattern.text} clashes with route {other.pattern.text} of "
+                f"component `{other.component.id}` ({other.origin})",
+            )
+        seen[shape] = handler
+    return RouteTable([Route(h.pattern, h) for h in handlers])
+
+
+def _expand_wagi_routes(handlers: list[Handler]) -> list[Handler]:
+    """Add the sub-routes that modules exporting `_routes` declare (WAGI only)."""
+    expanded: list[Handler] = []
+    for handler in handlers:
+        if "_routes" not in handler.component.program.exports:
+            expanded.append(handler)
+            continue
+        subroutes = _declared_routes(handler)
+        shapes = {sub.pattern.shape() for sub in subroutes}
+        if handler.pattern.shape() not in shapes:
+            expanded.append(handler)  # a sub-route with the parent's own shape replaces it
+        expanded.extend(subroutes)
+    return expanded
+
+
+def _declared_routes(parent: Handler) -> list[Handler]:
+    component = parent.component
+    name = f"component `{component.id}` ({component.source.name})"
+    try:
+        outcome = component.program.instantiate().run(
+            "_routes", Invocation(argv=[component.source.name], env=[])
+        )
+    except LoadError as error:
+        raise LoadError(f"{parent.origin}: {name}: {error}") from None
+    if not outcome.ok:
+        reason = outcome.error or f"exit code {outcome.exit_code}"
+        raise LoadError(f"{parent.origin}: {name}: `_routes` failed: {reason}")
+    lines = [line.strip() for line in outcome.stdout.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise LoadError(f"{parent.origin}: {name}: `_routes` printed no routes")
+    base = parent.pattern.prefix.rstrip("/")
+    handlers = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 2:
+            raise LoadError(
+                f"{parent.origin}: {name}: `_routes` printed {line!r}; "
+                "expected `<path> <entrypoint>`"
+            )
+        subpath, entrypoint = fields
+        try:
+            pattern = RoutePattern.parse(base + subpath)
+        except RouteSyntaxError as error:
+            raise LoadError(f"{parent.origin}: {name}: `_routes`: {error}") from None
+        handlers.append(
+            Handler(component, pattern, entrypoint, parent.argv, parent.base_path, parent.origin)
+        )
+    return handlers

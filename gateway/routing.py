@@ -1,0 +1,183 @@
+"""Route patterns and the route table: which handler answers a request path.
+
+Patterns follow Spin: `/foo` (exact), `/foo/...` (the folder and everything below it),
+`/...` (everything) and `:name` segments (`/users/:id`). Precedence follows Spin too,
+whatever the order in the file: exact routes beat wildcards, then the longest prefix
+wins; at the first segment where two patterns differ, a literal beats a `:name`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+from urllib.parse import unquote
+
+Target = TypeVar("Target")
+
+WILDCARD = "..."
+_PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
+_FORBIDDEN = re.compile(r"[\s?#]")
+
+
+class RouteSyntaxError(ValueError):
+    """A route pattern is not valid; the message says why."""
+
+
+class BadPath(ValueError):
+    """A request path that no route may see (dot segments, NUL, bad encoding)."""
+
+
+@dataclass(frozen=True)
+class RoutePattern:
+    """A parsed route: literal and `:name` segments, optionally ending in `/...`."""
+
+    text: str
+    segments: tuple[str, ...]
+    wildcard: bool
+
+    @classmethod
+    def parse(cls, text: str) -> RoutePattern:
+        """Parse and check a route as written in a manifest."""
+        if not text.startswith("/"):
+            raise RouteSyntaxError(f"route {text!r} must start with `/`")
+        if _FORBIDDEN.search(text):
+            raise RouteSyntaxError(f"route {text!r} must not contain spaces, `?` or `#`")
+        parts = text[1:].split("/")
+        wildcard = parts[-1] == WILDCARD
+        if wildcard:
+            parts = parts[:-1]
+        names = set()
+        for part in parts:
+            if WILDCARD in part:
+                raise RouteSyntaxError(
+                    f"route {text!r}: `...` is only allowed as the last segment, as in `/files/...`"
+                )
+            if part.startswith(":"):
+                param = _PARAM.match(part)
+                if not param:
+                    raise RouteSyntaxError(
+                        f"route {text!r}: bad parameter {part!r} "
+                        "(use `:name` with letters, digits, `_`)"
+                    )
+                if param.group(1) in names:
+                    raise RouteSyntaxError(f"route {text!r}: parameter {part} appears twice")
+                names.add(param.group(1))
+        return cls(text, tuple(parts), wildcard)
+
+    @property
+    def prefix(self) -> str:
+        """The route without its `/...`: Spin's `X_COMPONENT_ROUTE`."""
+        return self.text[: -len("/" + WILDCARD)] if self.wildcard else self.text
+
+    @property
+    def has_params(self) -> bool:
+        """Whether any segment is a `:name` parameter."""
+        return any(s.startswith(":") for s in self.segments)
+
+    def shape(self) -> tuple[tuple[str, ...], bool]:
+        """What makes two patterns the same route (parameter names do not count)."""
+        return tuple(":" if s.startswith(":") else s for s in self.segments), self.wildcard
+
+    def rank(self) -> tuple:
+        """Sort key: non-wildcards first, then longer prefixes, then literals before params."""
+        return (self.wildcard, -len(self.segments), tuple(s.startswith(":") for s in self.segments))
+
+
+@dataclass(frozen=True)
+class Route(Generic[Target]):
+    """A pattern and what it leads to."""
+
+    pattern: RoutePattern
+    target: Target
+
+
+@dataclass(frozen=True)
+class Match(Generic[Target]):
+    """A request path matched to a route, split the CGI way."""
+
+    route: Route[Target]
+    script_name: str
+    path_info: str
+    raw_path_info: str
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """A request path split into raw (percent-encoded) and decoded segments."""
+
+    raw: str
+    raw_segments: tuple[str, ...]
+    segments: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw_path: str) -> RequestPath:
+        """Split and decode a raw request path; refuse what no handler should see."""
+        if not raw_path.startswith("/"):
+            raise BadPath("path must start with `/`")
+        raw_segments = tuple(raw_path[1:].split("/"))
+        if "%" not in raw_path:
+            segments = raw_segments
+        else:
+            try:
+                segments = tuple(unquote(s, errors="strict") for s in raw_segments)
+            except UnicodeDecodeError:
+                raise BadPath("path is not valid UTF-8 once percent-decoded") from None
+        for segment in segments:
+            # An encoded slash must not smuggle a dot segment past this check.
+            parts = segment.split("/") if "/" in segment else (segment,)
+            if any(part in (".", "..") for part in parts):
+                raise BadPath("path must not contain `.` or `..` segments")
+            if "\x00" in segment:
+                raise BadPath("path must not contain NUL")
+        return cls(raw_path, raw_segments, segments)
+
+
+class RouteTable(Generic[Target]):
+    """All routes of an app, ordered for matching."""
+
+    def __init__(self, routes: list[Route[Target]]) -> None:
+        self._exact: dict[tuple[str, ...], Route[Target]] = {}
+        self._ordered: list[Route[Target]] = []
+        for route in routes:
+            pattern = route.pattern
+            if not pattern.wildcard and not pattern.has_params:
+                self._exact[pattern.segments] = route
+            else:
+                self._ordered.append(route)
+        self._ordered.sort(key=lambda r: r.pattern.rank())
+        self.routes = tuple(routes)
+
+    def match(self, path: RequestPath) -> Match[Target] | None:
+        """Find the route for a request path, or None (a 404)."""
+        route = self._exact.get(path.segments)
+        if route is not None:
+            return Match(route, "/".join(("", *path.segments)), "", "")
+        for route in self._ordered:
+            found = _match(route, path)
+            if found is not None:
+                return found
+        return None
+
+
+def _match(route: Route[Target], path: RequestPath) -> Match[Target] | None:
+    pattern = route.pattern
+    count = len(pattern.segments)
+    segments = path.segments
+    if len(segments) < count or (not pattern.wildcard and len(segments) != count):
+        return None
+    params = []
+    for expected, actual in zip(pattern.segments, segments, strict=False):
+        if expected.startswith(":"):
+            if not actual:
+                return None
+            params.append((expected[1:], actual))
+        elif expected != actual:
+            return None
+    script_name = "/".join(("", *segments[:count])) if count else ""
+    rest = segments[count:]
+    raw_rest = path.raw_segments[count:]
+    path_info = "/".join(("", *rest)) if rest else ""
+    raw_path_info = "/".join(("", *raw_rest)) if raw_rest else ""
+    return Match(route, script_name, path_info, raw_path_info, tuple(params))
