@@ -156,14 +156,15 @@ class Gateway:
             status = error.status
             text = b"Bad Gateway\n" if status == 502 else b"Internal Server Error\n"
             return await _respond(send, request_id, status, text), 0
-        body_out = b"" if _has_no_body(scope["method"], response.status) else response.body
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [*response.headers, (b"x-request-id", request_id.encode())],
-            }
-        )
+        headers = [*response.headers, (b"x-request-id", request_id.encode())]
+        body_out = response.body
+        if response.status in (204, 304):
+            body_out = b""
+        else:
+            headers.append((b"content-length", str(len(body_out)).encode()))
+        if scope["method"] == "HEAD":
+            body_out = b""
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body_out})
         return response.status, len(body_out)
 
@@ -215,10 +216,6 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _has_no_body(method: str, status: int) -> bool:
-    return method == "HEAD" or status in (204, 304)
-
-
 async def _respond(send: Send, request_id: str, status: int, body: bytes) -> int:
     await send(
         {
@@ -226,6 +223,7 @@ async def _respond(send: Send, request_id: str, status: int, body: bytes) -> int
             "status": status,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
             ],
         }

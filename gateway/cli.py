@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .build import BuildError, build_component, buildable
 from .config import (
     ConfigError,
     Settings,
@@ -19,7 +20,7 @@ from .config import (
 )
 from .engine import LoadError
 from .logs import setup_logging
-from .manifest import ManifestError
+from .manifest import ManifestError, load_manifest
 
 log = logging.getLogger("wagi")
 
@@ -92,8 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--build", action="store_true", help="run the components' build commands first"
+    )
     _add_log_option(serve)
     serve.set_defaults(run=_serve)
+
+    build = commands.add_parser(
+        "build",
+        help="build components",
+        description="Run the build command of each component (or of the named ones).",
+    )
+    _add_manifest_option(build)
+    build.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help="components to build (default: all that have a build command)",
+    )
+    _add_log_option(build)
+    build.set_defaults(run=_build)
     return parser
 
 
@@ -150,7 +169,30 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve  # hypercorn is only needed to serve
 
-    serve(settings_from_args(args))
+    settings = settings_from_args(args)
+    if args.build:
+        status = _build_all(settings.manifest, [])
+        if status:
+            return status
+    serve(settings)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    return _build_all(_manifest_path(args), args.components)
+
+
+def _build_all(manifest_path: Path, only: list[str]) -> int:
+    manifest = load_manifest(manifest_path, check_sources=False)
+    components = buildable(manifest, only)
+    if not components:
+        print(f"nothing to build: no component in {manifest_path} has a build command")
+    try:
+        for component in components:
+            build_component(component)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 

@@ -110,10 +110,11 @@ class Manifest:
 class _Context:
     """The file being read: resolves key paths to lines for error messages."""
 
-    def __init__(self, path: Path, text: str) -> None:
+    def __init__(self, path: Path, text: str, check_sources: bool) -> None:
         self.path = path
         self.folder = path.parent
         self.lines = KeyLines(text)
+        self.check_sources = check_sources
 
     def origin(self, key_path: KeyPath) -> str:
         line = self.lines.line_of(key_path)
@@ -221,8 +222,11 @@ def _describe(value: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read, detect and validate a manifest of any supported format."""
+def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
+    """Read, detect and validate a manifest of any supported format.
+
+    `check_sources=False` accepts modules that do not exist yet (for `wagi build`).
+    """
     path = Path(path).absolute()
     try:
         raw = path.read_bytes()
@@ -235,7 +239,7 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(str(path), "", "manifest is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ManifestError(str(path), "", f"not valid TOML: {error}") from None
-    ctx = _Context(path, text)
+    ctx = _Context(path, text, check_sources)
     version = data.get("spin_manifest_version")
     if version is None and "module" in data:
         return _load_wagi(ctx, data)
@@ -461,7 +465,7 @@ def _module_path(table: _Table, key: str, text: str) -> Path:
     elif re.match(r"^[a-z][a-z0-9+.-]*://", text):
         raise table.error(key, f"only local files are supported, not {text!r}")
     path = (table.ctx.folder / text).resolve()
-    if not path.is_file():
+    if table.ctx.check_sources and not path.is_file():
         hint = ""
         if table.has("build") or path.suffix == ".wasm":
             hint = " (has the app been built? try `wagi build`)"

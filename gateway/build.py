@@ -1,0 +1,81 @@
+"""Run components' build commands (`[component.X.build]`): `wagi build` and `serve --build`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError
+from .manifest import Component, Manifest
+
+
+class BuildError(Exception):
+    """A build command failed; `exit_code` is its exit status."""
+
+    def __init__(self, component: str, command: str, exit_code: int) -> None:
+        super().__init__(
+            f"building component `{component}` failed: `{command}` exited with status {exit_code}"
+        )
+        self.component = component
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One component built: how long it took."""
+
+    component: str
+    seconds: float
+
+
+def buildable(manifest: Manifest, only: list[str] | None = None) -> list[Component]:
+    """The components to build, in manifest order; `only` names a subset."""
+    if only:
+        unknown = [name for name in only if name not in manifest.components]
+        if unknown:
+            raise ConfigError(f"{manifest.path} has no component named `{unknown[0]}`")
+        chosen = [manifest.components[name] for name in only]
+    else:
+        chosen = list(manifest.components.values())
+    return [component for component in chosen if component.build is not None]
+
+
+def build_environment() -> dict[str, str]:
+    """The environment of build commands: `python` is the interpreter running wagi."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def build_component(component: Component, echo: Callable[[str], None] = print) -> BuildResult:
+    """Run a component's build commands in its workdir; raise BuildError on failure."""
+    assert component.build is not None
+    started = time.perf_counter()
+    env = build_environment()
+    for command in component.build.commands:
+        echo(f"Building component {component.id} with `{command}`")
+        completed = subprocess.run(
+            command, shell=True, cwd=component.build.workdir, env=env, check=False
+        )
+        if completed.returncode != 0:
+            raise BuildError(component.id, command, completed.returncode)
+    seconds = time.perf_counter() - started
+    echo(f"Finished building {component.id} in {seconds:.1f}s")
+    return BuildResult(component.id, seconds)
+
+
+def is_up_to_date(component: Component) -> bool:
+    """Whether the module exists and is newer than every file its build watches."""
+    if component.build is None or not component.source.is_file():
+        return component.build is None
+    built = component.source.stat().st_mtime
+    for pattern in component.build.watch:
+        for path in component.build.workdir.glob(pattern):
+            if path.is_file() and path.stat().st_mtime > built:
+                return False
+    return True
