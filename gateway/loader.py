@@ -15,7 +15,7 @@ from .engine import Engine, Invocation, LoadedModule, LoadError, Program
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
 from .mounts import StagedFiles, guest_mounts
-from .routing import Route, RoutePattern, RouteSyntaxError, RouteTable
+from .routing import Route, RouteClash, RoutePattern, RouteSyntaxError, RouteTable
 
 log = logging.getLogger("wagi.loader")
 
@@ -153,19 +153,16 @@ def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: st
 
 
 def _route_table(handlers: list[Handler]) -> RouteTable[Handler]:
-    seen: dict[tuple, Handler] = {}
-    for handler in handlers:
-        shape = handler.pattern.shape()
-        other = seen.get(shape)
-        if other is not None:
-            raise ManifestError(
-                handler.origin,
-                "route",
-                f"route {handler.pattern.text} clashes with route {other.pattern.text} of "
-                f"component `{other.component.id}` ({other.origin})",
-            )
-        seen[shape] = handler
-    return RouteTable([Route(h.pattern, h) for h in handlers])
+    try:
+        return RouteTable([Route(h.pattern, h) for h in handlers])
+    except RouteClash as clash:
+        first, second = clash.existing.target, clash.duplicate.target
+        raise ManifestError(
+            second.origin,
+            "route",
+            f"route {second.pattern.text} clashes with route {first.pattern.text} of "
+            f"component `{first.component.id}` ({first.origin})",
+        ) from None
 
 
 def _expand_wagi_routes(handlers: list[Handler]) -> list[Handler]:

@@ -238,7 +238,7 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
     except UnicodeDecodeError:
         raise ManifestError(str(path), "", "manifest is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
-        raise ManifestError(str(path), "", f"not valid TOML: {error}") from None
+        raise _toml_error(path, error) from None
     ctx = _Context(path, text, check_sources)
     version = data.get("spin_manifest_version")
     if version is None and "module" in data:
@@ -254,6 +254,18 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
         "",
         "not a known manifest: expected `spin_manifest_version` (spin.toml) "
         "or `[[module]]` entries (modules.toml)",
+    )
+
+
+def _toml_error(path: Path, error: tomllib.TOMLDecodeError) -> ManifestError:
+    # tomllib puts the position at the end of its message: "(at line 2, column 13)".
+    message = str(error)
+    where = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+    if where is None:
+        return ManifestError(str(path), "", f"not valid TOML: {message}")
+    message = message[: where.start()].rstrip()
+    return ManifestError(
+        f"{path}:{where.group(1)}", "", f"not valid TOML: {message} (column {where.group(2)})"
     )
 
 

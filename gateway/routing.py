@@ -24,6 +24,15 @@ class RouteSyntaxError(ValueError):
     """A route pattern is not valid; the message says why."""
 
 
+class RouteClash(ValueError):
+    """Two routes have the same pattern (parameter names aside)."""
+
+    def __init__(self, existing: Route, duplicate: Route) -> None:
+        super().__init__(f"route {duplicate.pattern.text} clashes with {existing.pattern.text}")
+        self.existing = existing
+        self.duplicate = duplicate
+
+
 class BadPath(ValueError):
     """A request path that no route may see (dot segments, NUL, bad encoding)."""
 
@@ -140,7 +149,11 @@ class RouteTable(Generic[Target]):
     def __init__(self, routes: list[Route[Target]]) -> None:
         self._exact: dict[tuple[str, ...], Route[Target]] = {}
         self._ordered: list[Route[Target]] = []
+        shapes: dict[tuple, Route[Target]] = {}
         for route in routes:
+            existing = shapes.setdefault(route.pattern.shape(), route)
+            if existing is not route:
+                raise RouteClash(existing, route)
             pattern = route.pattern
             if not pattern.wildcard and not pattern.has_params:
                 self._exact[pattern.segments] = route

@@ -1,0 +1,195 @@
+"""Shared fixtures: the example apps (built once, cached), a real `wagi serve`, WAT guests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.build import build_component, is_up_to_date
+from gateway.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "spin.toml.example"
+WAGI = Path(sys.executable).parent / "wagi"
+
+
+@pytest.fixture(scope="session")
+def example_apps() -> Path:
+    """Build the example apps unless their modules are newer than their sources."""
+    manifest = load_manifest(EXAMPLE, check_sources=False)
+    for component in manifest.components.values():
+        if component.build is not None and not is_up_to_date(component):
+            build_component(component, echo=lambda line: None)
+    return EXAMPLE
+
+
+GUESTS = ROOT / "tests" / "guests"
+
+
+@pytest.fixture(scope="session")
+def c_guest() -> Callable[[str], Path]:
+    """Compile `tests/guests/<name>.c` to wasm once; later runs reuse the build."""
+
+    def build(name: str) -> Path:
+        source = GUESTS / f"{name}.c"
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+        output = GUESTS / "build" / f"{name}-{digest}.wasm"
+        if not output.exists():
+            output.parent.mkdir(exist_ok=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ziglang",
+                    "cc",
+                    "-target",
+                    "wasm32-wasi",
+                    "-O2",
+                    "-s",
+                    str(source),
+                    "-o",
+                    str(output),
+                ],
+                check=True,
+            )
+        return output
+
+    return build
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A `wagi serve` subprocess on a free port, with its log captured."""
+
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.verify = verify
+        self.url = f"{'https' if verify else 'http'}://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(WAGI), "serve", "--listen", f"127.0.0.1:{self.port}", *args],
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"wagi serve exited {self.process.returncode}:\n{self.log()}")
+            try:
+                response = httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify or True)
+                if response.status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError(f"wagi serve did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    """Start `wagi serve ARGS...` and wait until it answers; stopped after the test."""
+    servers: list[Server] = []
+
+    def start(
+        *args: str,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+        cache_dir: Path | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> Server:
+        cache = cache_dir or tmp_path / "cache"
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = Server([*args, "--cache-dir", str(cache)], cwd, log_path, env, verify)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_wagi(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a `wagi` command to completion, capturing its output."""
+    return subprocess.run(
+        [str(WAGI), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wat_string(data: bytes) -> str:
+    """Bytes as a WAT string literal."""
+    return "".join(f"\\{byte:02x}" for byte in data)
+
+
+def cgi_guest(
+    stdout: bytes = b"", stderr: bytes = b"", exit_code: int | None = None, trap: bool = False
+) -> str:
+    """A WAT command module that writes `stdout` and `stderr`, then exits, traps or returns."""
+    exit_import = '(import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))'
+    ending = ""
+    if exit_code is not None:
+        ending = f"(call $proc_exit (i32.const {exit_code}))"
+    elif trap:
+        ending = "unreachable"
+    out_at = 1024
+    err_at = out_at + len(stdout)
+    return f"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  {exit_import}
+  (memory (export "memory") {1 + (len(stdout) + len(stderr) + 1024) // 65536})
+  (data (i32.const {out_at}) "{wat_string(stdout)}")
+  (data (i32.const {err_at}) "{wat_string(stderr)}")
+  (func $write (param $fd i32) (param $at i32) (param $length i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $length))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $write (i32.const 1) (i32.const {out_at}) (i32.const {len(stdout)}))
+    (call $write (i32.const 2) (i32.const {err_at}) (i32.const {len(stderr)}))
+    {ending}))
+"""

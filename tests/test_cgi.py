@@ -1,0 +1,236 @@
+"""CGI: the request's argv and environment, and the response parser, from the reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import cgi
+from gateway.manifest import DEFAULT_ARGV
+
+ROUTE = cgi.RouteInfo(
+    matched_route="/env/...",
+    component_route="/env",
+    script_name="/env",
+    path_info="/foo bar",
+    raw_path_info="/foo%20bar",
+)
+
+
+def request(**changes) -> cgi.Request:
+    values = dict(
+        method="POST",
+        raw_path="/env/foo%20bar",
+        query="greet=matt&x=1",
+        headers=[(b"host", b"example.com:8080"), (b"content-type", b"text/plain")],
+        body_length=5,
+        client=("10.0.0.7", 51234),
+        server=("127.0.0.1", 3000),
+    )
+    values.update(changes)
+    return cgi.Request(**values)
+
+
+# ---------------------------------------------------------------------------- argv
+
+ARGV = [
+    (DEFAULT_ARGV, "/env/foo", "greet=matt&x=1", ["/env/foo", "greet=matt", "x=1"]),
+    (DEFAULT_ARGV, "/env/foo", "", ["/env/foo"]),  # fix: no empty extra argument
+    ("${SCRIPT_NAME}", "/a", "q=1", ["/a"]),
+    ("tool --path=${SCRIPT_NAME} ${ARGS}", "/a", "b&c", ["tool", "--path=/a", "b", "c"]),
+    ("x ${ARGS} y", "/a", "", ["x", "y"]),
+    ("q=${ARGS}", "/a", "b&c", ["q=b&c"]),
+]
+
+
+@pytest.mark.parametrize(("template", "path", "query", "expected"), ARGV)
+def test_argv_template(template, path, query, expected):
+    assert cgi.argv(template, request(raw_path=path, query=query)) == expected
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def test_every_cgi_variable_of_the_reference():
+    env = cgi.environment(request(), ROUTE, {})
+    assert env == {
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": "WAGI/1",
+        "REQUEST_METHOD": "POST",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SCRIPT_NAME": "/env",
+        "PATH_INFO": "/foo bar",
+        "X_RAW_PATH_INFO": "/foo%20bar",
+        "PATH_TRANSLATED": "/foo bar",
+        "QUERY_STRING": "greet=matt&x=1",
+        "CONTENT_LENGTH": "5",
+        "CONTENT_TYPE": "text/plain",  # fix: both peers send ""
+        "REMOTE_ADDR": "10.0.0.7",
+        "REMOTE_HOST": "10.0.0.7",
+        "X_CLIENT_ADDR": "10.0.0.7:51234",
+        "AUTH_TYPE": "",
+        "REMOTE_USER": "",
+        "SERVER_NAME": "example.com",
+        "SERVER_PORT": "8080",
+        "X_MATCHED_ROUTE": "/env/...",
+        "X_FULL_URL": "http://example.com:8080/env/foo%20bar?greet=matt&x=1",
+        "X_COMPONENT_ROUTE": "/env",
+        "X_RAW_COMPONENT_ROUTE": "/env/...",
+        "X_BASE_PATH": "/",
+        "HTTP_HOST": "example.com:8080",
+        "HTTP_CONTENT_TYPE": "text/plain",
+    }
+
+
+def test_no_body_means_content_length_zero_and_no_content_type():
+    env = cgi.environment(request(method="GET", body_length=0, headers=[]), ROUTE, {})
+    assert (env["CONTENT_LENGTH"], env["CONTENT_TYPE"]) == ("0", "")
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "name", "port", "url"),
+    [
+        (b"example.com", "http", "example.com", "80", "http://example.com:80/env/foo%20bar"),
+        (b"example.com", "https", "example.com", "443", "https://example.com:443/env/foo%20bar"),
+        (b"[::1]:9000", "http", "[::1]", "9000", "http://[::1]:9000/env/foo%20bar"),
+        (
+            None,
+            "http",
+            "127.0.0.1",
+            "3000",
+            "http://127.0.0.1:3000/env/foo%20bar",
+        ),  # listen address
+    ],
+)
+def test_server_name_and_port_come_from_host_else_the_listen_address(host, scheme, name, port, url):
+    headers = [(b"host", host)] if host else []
+    env = cgi.environment(request(headers=headers, scheme=scheme, query=""), ROUTE, {})
+    assert (env["SERVER_NAME"], env["SERVER_PORT"], env["X_FULL_URL"]) == (name, port, url)
+
+
+def test_https_is_flagged():
+    assert cgi.environment(request(scheme="https"), ROUTE, {})["HTTPS"] == "on"
+    assert "HTTPS" not in cgi.environment(request(), ROUTE, {})
+
+
+def test_headers_become_http_variables_and_repeats_are_joined():
+    headers = [
+        (b"x-forwarded-for", b"1.1.1.1"),
+        (b"accept", b"text/html"),
+        (b"x-forwarded-for", b"2.2.2.2"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"b=2"),
+    ]
+    env = cgi.environment(request(headers=headers), ROUTE, {})
+    assert env["HTTP_X_FORWARDED_FOR"] == "1.1.1.1, 2.2.2.2"  # fix: WAGI keeps only the last
+    assert env["HTTP_ACCEPT"] == "text/html"
+    assert env["HTTP_COOKIE"] == "a=1; b=2"  # HTTP/2 cookie crumbs rejoin with "; "
+
+
+@pytest.mark.parametrize(
+    "name", [b"proxy", b"authorization", b"proxy-authorization", b"connection", b"Proxy"]
+)
+def test_credentials_and_httpoxy_headers_are_never_passed(name):
+    env = cgi.environment(request(headers=[(name, b"http://evil:8080")]), ROUTE, {})
+    assert not [key for key in env if key.startswith("HTTP_")]
+
+
+def test_non_utf8_header_values_pass_as_latin1():
+    env = cgi.environment(request(headers=[(b"x-name", "café".encode("latin-1"))]), ROUTE, {})
+    assert env["HTTP_X_NAME"] == "café"
+
+
+def test_configured_environment_comes_first_and_cannot_override_cgi_variables():
+    base = {"GREETING": "hi", "REQUEST_METHOD": "DELETE", "PATH_INFO": "/etc/passwd"}
+    env = cgi.environment(request(), ROUTE, base)
+    assert env["GREETING"] == "hi"
+    assert (env["REQUEST_METHOD"], env["PATH_INFO"]) == ("POST", "/foo bar")
+    assert next(iter(env)) == "GREETING"
+
+
+def test_path_parameters_are_exported():
+    route = cgi.RouteInfo("/users/:id", "/users/:id", "/users/42", "", "", (("id", "42"),))
+    assert cgi.environment(request(), route, {})["X_PATH_MATCH_ID"] == "42"
+
+
+# ---------------------------------------------------------------------------- response
+
+PARSED = [
+    # (stdout, status, headers, body)
+    (b"Content-Type: text/plain\n\nhello", 200, [(b"content-type", b"text/plain")], b"hello"),
+    (
+        b"Content-Type: text/plain\r\n\r\nhello",
+        200,
+        [(b"content-type", b"text/plain")],
+        b"hello",
+    ),  # CRLF accepted
+    (b"Content-Type: text/plain\r\n\nmixed", 200, [(b"content-type", b"text/plain")], b"mixed"),
+    (
+        b"Status: 404 Not Found\nContent-Type: text/plain\n\nno",
+        404,
+        [(b"content-type", b"text/plain")],
+        b"no",
+    ),
+    (b"Status: 418\n\n", 418, [], b""),  # Status alone is enough
+    (b"Location: /elsewhere\n\n", 302, [(b"location", b"/elsewhere")], b""),
+    (b"Status: 303 See Other\nLocation: /x\n\n", 303, [(b"location", b"/x")], b""),
+    (
+        b"Content-Type: text/plain\nSet-Cookie: a=1\nSet-Cookie: b=2\n\n",
+        200,
+        [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")],
+        b"",
+    ),  # fix: both peers keep only one
+    (
+        b"Content-Type: text/plain\nX-Thing:   spaced   \n\n",
+        200,
+        [(b"content-type", b"text/plain"), (b"x-thing", b"spaced")],
+        b"",
+    ),
+    (
+        b"Content-Type: application/octet-stream\n\n\x00\x01\r\n\r\n\xff",
+        200,
+        [(b"content-type", b"application/octet-stream")],
+        b"\x00\x01\r\n\r\n\xff",
+    ),  # binary-safe
+    (
+        b"Content-Type: text/plain\nConnection: close\nTransfer-Encoding: chunked\n"
+        b"Keep-Alive: 5\nContent-Length: 999\nUpgrade: h2c\n\nbody",
+        200,
+        [(b"content-type", b"text/plain")],
+        b"body",
+    ),  # hop-by-hop and length dropped
+]
+
+
+@pytest.mark.parametrize(("stdout", "status", "headers", "body"), PARSED)
+def test_cgi_response_parsing(stdout, status, headers, body):
+    response = cgi.parse_response(stdout)
+    assert (response.status, response.headers, response.body) == (status, headers, body)
+
+
+FAILURES = [
+    # (stdout, status): 500 when there is no header block, 502 when it is broken
+    (b"", 500),
+    (b"hello world", 500),  # no empty line at all
+    (b"\nbody", 500),  # an empty header block
+    (b"X-Custom: 1\n\nbody", 500),  # none of Content-Type, Status or Location
+    (b"Status: abc\n\n", 502),
+    (b"Status: 99 Too Low\n\n", 502),
+    (b"Status: 1000\n\n", 502),
+    (b"Content-Type: text/plain\nnot a header\n\n", 502),
+    (b"Content-Type: text/plain\nBad Name: x\n\n", 502),
+    (b"Content-Type: text/plain\nX-Injected: a\rb\n\n", 502),  # CR inside a value
+    (b"Content-Type: text/plain\nX-Nul: a\x00b\n\n", 502),
+    (b"Content-Type: text/plain\n folded: continuation\n\n", 502),
+]
+
+
+@pytest.mark.parametrize(("stdout", "status"), FAILURES)
+def test_unusable_output_is_a_clean_error(stdout, status):
+    with pytest.raises(cgi.CgiError) as caught:
+        cgi.parse_response(stdout)
+    assert caught.value.status == status
+
+
+def test_no_header_block_is_named_as_such():
+    with pytest.raises(cgi.CgiError, match="module printed no CGI header block"):
+        cgi.parse_response(b"just text\n")

@@ -1,0 +1,146 @@
+"""The wasm runner: compile (with the on-disk cache), link, instantiate and run guests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cgi_guest
+
+from gateway.engine import Engine, Invocation, LoadError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return Engine(tmp_path / "cache")
+
+
+def program(engine: Engine, tmp_path: Path, wat: str, name: str = "guest.wat"):
+    path = tmp_path / name
+    path.write_text(wat)
+    return engine.link(engine.load(path).module, name)
+
+
+def run(prog, entrypoint="_start", **invocation):
+    invocation.setdefault("argv", ["guest"])
+    invocation.setdefault("env", [])
+    return prog.instantiate().run(entrypoint, Invocation(**invocation))
+
+
+def test_stdout_and_stderr_are_captured(engine, tmp_path):
+    outcome = run(program(engine, tmp_path, cgi_guest(b"out\n", b"err\n")))
+    assert outcome.ok
+    assert (outcome.stdout, outcome.stderr) == (b"out\n", b"err\n")
+
+
+def test_exit_zero_is_success(engine, tmp_path):
+    outcome = run(program(engine, tmp_path, cgi_guest(b"x", exit_code=0)))
+    assert outcome.ok and outcome.exit_code == 0  # fix: WAGI 0.8 answers 500 to exit(0)
+
+
+def test_non_zero_exit_is_reported_with_its_output(engine, tmp_path):
+    outcome = run(program(engine, tmp_path, cgi_guest(b"partial", exit_code=3)))
+    assert not outcome.ok
+    assert (outcome.exit_code, outcome.error, outcome.stdout) == (3, None, b"partial")
+
+
+def test_a_trap_is_reported(engine, tmp_path):
+    outcome = run(program(engine, tmp_path, cgi_guest(b"x", trap=True)))
+    assert not outcome.ok
+    assert "unreachable" in outcome.error
+
+
+def test_each_run_starts_with_empty_output(engine, tmp_path):
+    prog = program(engine, tmp_path, cgi_guest(b"same"))
+    assert [run(prog).stdout for _ in range(3)] == [b"same"] * 3
+
+
+def test_argv_environment_and_stdin_reach_the_guest(engine, example_apps):
+    prog = engine.link(engine.load(ROOT / "apps" / "env" / "env.wasm").module, "env")
+    outcome = run(prog, argv=["/env", "a=1"], env=[("GREETING", "hé")], stdin=b"the body")
+    text = outcome.stdout.decode()
+    assert "argv[0]=/env\nargv[1]=a=1\n" in text
+    assert "GREETING=hé\n" in text
+    assert text.endswith("## stdin\nthe body")
+
+
+def test_a_missing_entrypoint_is_an_error_not_a_crash(engine, tmp_path):
+    prog = program(engine, tmp_path, cgi_guest(b"x"))
+    assert prog.entrypoint_problem("main") == "the module does not export `main`"
+    outcome = run(prog, "main")
+    assert not outcome.ok and "does not export a function `main`" in outcome.error
+
+
+def test_an_entrypoint_must_take_and_return_nothing(engine, tmp_path):
+    prog = program(engine, tmp_path, '(module (func (export "f") (param i32)))')
+    assert "not a function without parameters or results" in prog.entrypoint_problem("f")
+
+
+def test_reactors_are_initialised_before_a_custom_entrypoint(engine, tmp_path):
+    wat = """
+    (module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (global $ready (mut i32) (i32.const 0))
+      (func (export "_initialize") (global.set $ready (i32.const 1)))
+      (func (export "handler")
+        (if (i32.eqz (global.get $ready)) (then (call $exit (i32.const 9))))))
+    """
+    assert run(program(engine, tmp_path, wat), "handler").ok
+
+
+def test_compiled_modules_come_from_the_cache_the_second_time(tmp_path):
+    source = tmp_path / "guest.wat"
+    source.write_text(cgi_guest(b"cached"))
+    first = Engine(tmp_path / "cache").load(source)
+    restarted = Engine(tmp_path / "cache")
+    second = restarted.load(source)
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert run(restarted.link(second.module, "g")).stdout == b"cached"
+
+
+def test_a_corrupt_cache_entry_is_replaced(tmp_path):
+    source = tmp_path / "guest.wat"
+    source.write_text(cgi_guest(b"ok"))
+    engine = Engine(tmp_path / "cache")
+    engine.load(source)
+    (entry,) = (tmp_path / "cache").rglob("*.cwasm")
+    entry.write_bytes(b"garbage")
+    reloaded = Engine(tmp_path / "cache").load(source)
+    assert not reloaded.from_cache
+    assert entry.read_bytes() != b"garbage"
+
+
+def test_a_module_that_is_not_webassembly_is_a_load_error(engine, tmp_path):
+    path = tmp_path / "bad.wasm"
+    path.write_bytes(b"\x00asm\x01\x00\x00\x00\x05")
+    with pytest.raises(LoadError, match="not a valid WebAssembly module"):
+        engine.load(path)
+
+
+def test_imports_the_gateway_does_not_provide_are_named(engine, tmp_path):
+    wat = '(module (import "env" "magic" (func)) (import "spin" "kv" (func)))'
+    with pytest.raises(LoadError, match="imports env::magic, spin::kv, which this gateway"):
+        program(engine, tmp_path, wat)
+
+
+def test_mounts_are_read_only(engine, tmp_path):
+    # path_open(preopen fd 3, "new.txt", O_CREAT, rights with FD_WRITE) must fail.
+    wat = """
+    (module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "new.txt")
+      (func (export "_start")
+        (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 7)
+                                (i32.const 1) (i64.const 64) (i64.const 64) (i32.const 0)
+                                (i32.const 200)))))
+    """
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    outcome = run(program(engine, tmp_path, wat), mounts=[(str(folder), "/data")])
+    assert outcome.exit_code != 0  # a WASI errno, not success
+    assert not (folder / "new.txt").exists()

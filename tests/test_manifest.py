@@ -1,0 +1,354 @@
+"""Manifests: the three formats load into one model; every mistake is located and named."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.manifest import DEFAULT_ARGV, ManifestError, Mount, load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = '(module (func (export "_start")))'
+
+
+def write(folder: Path, text: str, name: str = "spin.toml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """An app folder with a module and some files to mount."""
+    (tmp_path / "hello.wat").write_text(HELLO)
+    static = tmp_path / "static"
+    (static / "css").mkdir(parents=True)
+    (static / "index.html").write_text("<h1>hi</h1>")
+    (static / "css" / "site.css").write_text("body{}")
+    (static / "secret.key").write_text("no")
+    (tmp_path / "content").mkdir()
+    return tmp_path
+
+
+def test_the_three_example_formats_describe_the_same_app():
+    spin2 = load_manifest(ROOT / "spin.toml.example", check_sources=False)
+    spin1 = load_manifest(ROOT / "apps" / "spin-v1.toml", check_sources=False)
+    wagi = load_manifest(ROOT / "apps" / "modules.toml", check_sources=False)
+    assert (spin2.kind, spin1.kind, wagi.kind) == ("spin-v2", "spin-v1", "wagi")
+
+    def shape(manifest):
+        components = {
+            c.id: (c.source, c.environment, c.mounts, c.files) for c in manifest.components.values()
+        }
+        routes = [(t.route, t.component, t.entrypoint, t.argv) for t in manifest.triggers]
+        return components, routes
+
+    assert shape(spin2) == shape(spin1) == shape(wagi)
+    guestbook = spin2.components["guestbook"]
+    assert guestbook.mounts == (Mount("/static", ROOT / "apps" / "guestbook" / "static"),)
+
+
+def test_spin_v2_fields_and_defaults(app: Path):
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [[trigger.http]]
+        route = "/env/..."
+        component = "env"
+        executor = { type = "wagi", argv = "${ARGS} x", entrypoint = "main" }
+        [[trigger.http]]
+        route = "/hello"
+        component = "hello"
+        executor = { type = "wagi" }
+        [[trigger.http]]
+        route = { private = true }
+        component = "hidden"
+        executor = { type = "wagi" }
+        [component.env]
+        source = "hello.wat"
+        environment = { GREETING = "hi" }
+        allowed_outbound_hosts = ["https://example.com"]
+        [component.hello]
+        source = "hello.wat"
+        description = "says hello"
+        [component.hidden]
+        source = "hello.wat"
+        [component.env.tool.other-tool]
+        anything = 1
+    """,
+    )
+    manifest = load_manifest(path)
+    assert manifest.name == "demo"
+    env_trigger, hello_trigger = manifest.triggers
+    assert (env_trigger.route, env_trigger.entrypoint, env_trigger.argv) == (
+        "/env/...",
+        "main",
+        "${ARGS} x",
+    )
+    assert (hello_trigger.entrypoint, hello_trigger.argv) == ("_start", DEFAULT_ARGV)
+    assert manifest.private == ("hidden",)
+    env = manifest.components["env"]
+    assert env.source == app / "hello.wat"
+    assert env.environment == (("GREETING", "hi"),)
+    assert env.allowed_outbound_hosts == ("https://example.com",)
+
+
+def test_paths_are_relative_to_the_manifest_not_the_working_directory(
+    app, monkeypatch, tmp_path_factory
+):
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [[trigger.http]]
+        route = "/"
+        component = "c"
+        executor = { type = "wagi" }
+        [component.c]
+        source = "hello.wat"
+    """,
+    )
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    assert load_manifest(path).components["c"].source == app / "hello.wat"
+
+
+def test_spin_files_globs_folders_excludes_and_mappings(app: Path):
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [[trigger.http]]
+        route = "/"
+        component = "c"
+        executor = { type = "wagi" }
+        [component.c]
+        source = "hello.wat"
+        files = ["static/**/*", { source = "content", destination = "/data" },
+                 { source = "static/index.html", destination = "/index.html" }, "none/*.txt"]
+        exclude_files = ["static/*.key"]
+    """,
+    )
+    component = load_manifest(path).components["c"]
+    assert {f.guest_path for f in component.files} == {
+        "/static/index.html",
+        "/static/css/site.css",
+        "/index.html",
+    }
+    assert component.mounts == (Mount("/data", app / "content"),)
+    assert component.empty_patterns == ("none/*.txt",)
+
+
+def test_spin_v1_base_is_joined_onto_routes(app: Path):
+    path = write(
+        app,
+        """
+        spin_manifest_version = "1"
+        name = "demo"
+        trigger = { type = "http", base = "/api" }
+        [[component]]
+        id = "c"
+        source = "hello.wat"
+        [component.trigger]
+        route = "/hello"
+        executor = { type = "wagi" }
+    """,
+    )
+    manifest = load_manifest(path)
+    assert manifest.base == "/api"
+    assert manifest.triggers[0].route == "/api/hello"
+
+
+def test_spin_v2_inline_component(app: Path):
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [[trigger.http]]
+        route = "/x"
+        component = { source = "hello.wat" }
+        executor = { type = "wagi" }
+    """,
+    )
+    manifest = load_manifest(path)
+    assert manifest.triggers[0].component in manifest.components
+
+
+def test_wagi_modules_accept_file_urls_volumes_and_environment(app: Path):
+    path = write(
+        app,
+        f"""
+        [[module]]
+        route = "/a"
+        module = "file://{app}/hello.wat"
+        volumes = {{ "/data" = "content" }}
+        environment = {{ A = "1" }}
+        allowed_hosts = ["https://api.example.com"]
+        http_max_concurrency = 4
+        [[module]]
+        route = "/b"
+        module = "hello.wat"
+        entrypoint = "other"
+        argv = "${{SCRIPT_NAME}}"
+    """,
+        name="modules.toml",
+    )
+    manifest = load_manifest(path)
+    first, second = manifest.components.values()
+    assert first.id == "hello" and second.id == "hello-2"
+    assert first.mounts == (Mount("/data", app / "content"),)
+    assert first.environment == (("A", "1"),)
+    assert manifest.triggers[1].entrypoint == "other"
+
+
+SPIN_V2_HEAD = """\
+spin_manifest_version = 2
+[application]
+name = "demo"
+[[trigger.http]]
+route = "/"
+component = "c"
+executor = { type = "wagi" }
+[component.c]
+source = "hello.wat"
+"""
+
+# (manifest text, line the error must point at, text the error must contain)
+ERRORS = [
+    pytest.param(
+        SPIN_V2_HEAD + "sorce = 'x'\n",
+        10,
+        "component.c.sorce: unknown key (did you mean `source`?)",
+        id="unknown-key-with-suggestion",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "environment = { A = 1 }\n",
+        10,
+        "component.c.environment.A: value must be a string, got an integer (1)",
+        id="wrong-type-in-table",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('route = "/"', "route = 7"),
+        5,
+        "trigger.http[0].route: expected a string",
+        id="wrong-type-route",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace("hello.wat", "missing.wasm"),
+        9,
+        "component.c.source: module file not found",
+        id="missing-module",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('executor = { type = "wagi" }', 'executor = { type = "spin" }'),
+        7,
+        "executor `spin` runs Spin SDK components",
+        id="not-wagi-executor",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('executor = { type = "wagi" }\n', ""),
+        6,
+        "has no executor",
+        id="no-executor",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('component = "c"', 'component = "d"'),
+        6,
+        "no component named `d`",
+        id="unknown-component",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('{ type = "wagi" }', '{ type = "wagi", argv = "${X}" }'),
+        7,
+        "unknown variable ${X}",
+        id="bad-argv-variable",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace(
+            'source = "hello.wat"', 'source = { url = "https://x/y.wasm", digest = "d" }'
+        ),
+        9,
+        "remote sources (url, registry) are not supported",
+        id="remote-source",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + 'files = ["../outside/*"]\n',
+        10,
+        "outside the application folder",
+        id="files-outside-app",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "key_value_stores = ['default']\n",
+        10,
+        "not supported",
+        id="spin-host-service",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "[component.c.tool.wagi]\nfrobnicate = 1\n",
+        11,
+        "component.c.tool.wagi.frobnicate: unknown key",
+        id="unknown-wagi-tool-key",
+    ),
+    pytest.param("spin_manifest_version = 3\n", 1, "unsupported version 3", id="bad-version"),
+    pytest.param(
+        "spin_manifest_version = 2\n[application\n", 2, "not valid TOML", id="toml-syntax"
+    ),
+    pytest.param(
+        '[[module]]\nroute = "/"\nmodule = "hello.wat"\nvolums = {}\n',
+        4,
+        "module[0].volums: unknown key (did you mean `volumes`?)",
+        id="wagi-unknown-key",
+    ),
+    pytest.param(
+        '[[module]]\nroute = "/"\n',
+        1,
+        "missing required key `module`",
+        id="wagi-missing-module-key",
+    ),
+    pytest.param(
+        '[[module]]\nroute = "/"\nmodule = "oci://x/y"\n',
+        3,
+        "only local files are supported",
+        id="wagi-remote-module",
+    ),
+    pytest.param(
+        'spin_manifest_version = "1"\nname = "x"\ntrigger = { type = "redis" }\n'
+        "[[component]]\nid = 'c'\nsource = 'hello.wat'\n",
+        3,
+        "only HTTP triggers are supported",
+        id="spin-v1-redis",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), ERRORS)
+def test_load_errors_name_file_line_key_and_problem(app: Path, text: str, line: int, message: str):
+    path = app / "spin.toml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    error = str(caught.value)
+    assert error.startswith(f"{path}:{line}: "), error
+    assert message in error
+
+
+def test_a_manifest_that_is_neither_format_is_refused(app: Path):
+    path = write(app, 'title = "not a manifest"\n')
+    with pytest.raises(ManifestError, match="not a known manifest"):
+        load_manifest(path)
+
+
+def test_sources_may_be_missing_when_only_building(app: Path):
+    path = app / "spin.toml"
+    path.write_text(SPIN_V2_HEAD.replace("hello.wat", "later.wasm"))
+    assert load_manifest(path, check_sources=False).components["c"].source == app / "later.wasm"
