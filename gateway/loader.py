@@ -206,6 +206,11 @@ def _declared_routes(parent: Handler) -> list[Handler]:
                 "expected `<path> <entrypoint>`"
             )
         subpath, entrypoint = fields
+        if not subpath.startswith("/"):
+            raise LoadError(
+                f"{parent.origin}: {name}: `_routes` printed {subpath!r}: a route "
+                "must start with `/`"
+            )
         try:
             pattern = RoutePattern.parse(base + subpath)
         except RouteSyntaxError as error:

@@ -1,0 +1,147 @@
+"""Loading an app: WAGI `_routes`, route clashes, and what components are prepared with."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import cgi_guest, wat_string
+from gateway.config import Settings
+from gateway.engine import Engine, LoadError
+from gateway.loader import load_app
+from gateway.manifest import ManifestError, load_manifest
+from gateway.routing import RequestPath
+
+
+def routes_guest(printed: bytes, trap: bool = False) -> str:
+    """A module whose `_routes` prints `printed` (or traps)."""
+    body = (
+        "unreachable"
+        if trap
+        else (
+            f"(i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) "
+            f"(i32.const {len(printed)})) (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) "
+            "(i32.const 8)))"
+        )
+    )
+    return f"""
+    (module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "{wat_string(printed)}")
+      (func (export "_routes") {body})
+      (func (export "_start"))
+      (func (export "a"))
+      (func (export "b")))
+    """
+
+
+def load(tmp_path: Path, manifest_text: str, modules: dict[str, str]):
+    for name, wat in modules.items():
+        (tmp_path / name).write_text(wat)
+    path = tmp_path / "modules.toml"
+    path.write_text(manifest_text)
+    manifest = load_manifest(path)
+    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
+    return load_app(manifest, settings, Engine(settings.cache_dir))
+
+
+def target(app, path: str):
+    found = app.routes.match(RequestPath.parse(path))
+    return None if found is None else (found.route.pattern.text, found.route.target.entrypoint)
+
+
+def test_routes_are_joined_onto_the_parent_and_beat_it(tmp_path):
+    app = load(
+        tmp_path,
+        '[[module]]\nroute = "/app/..."\nmodule = "m.wat"\n',
+        {"m.wat": routes_guest(b"/a a\n/b/... b\n/... _start\n")},
+    )
+    assert target(app, "/app/a") == ("/app/a", "a")
+    assert target(app, "/app/b/x") == ("/app/b/...", "b")
+    assert target(app, "/app/other") == ("/app/...", "_start")
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("printed", "trap", "message"),
+    [
+        (b"/a a extra\n", False, "expected `<path> <entrypoint>`"),
+        (b"\n\n", False, "`_routes` printed no routes"),
+        (b"", True, "`_routes` failed"),
+        (b"nope a\n", False, "must start with `/`"),
+    ],
+)
+def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, trap, message):
+    with pytest.raises(LoadError, match="component `m` \\(m.wat\\)") as caught:
+        load(
+            tmp_path,
+            '[[module]]\nroute = "/app/..."\nmodule = "m.wat"\n',
+            {"m.wat": routes_guest(printed, trap)},
+        )
+    assert message in str(caught.value)
+
+
+def test_routes_is_not_called_for_spin_manifests(tmp_path):
+    (tmp_path / "m.wat").write_text(routes_guest(b"/a a\n"))
+    path = tmp_path / "spin.toml"
+    path.write_text(
+        'spin_manifest_version = 2\n[application]\nname = "x"\n[[trigger.http]]\n'
+        'route = "/app/..."\ncomponent = "m"\nexecutor = { type = "wagi" }\n'
+        '[component.m]\nsource = "m.wat"\n'
+    )
+    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
+    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    assert target(app, "/app/a") == ("/app/...", "_start")
+    app.close()
+
+
+def test_a_route_clash_names_both_routes_and_components(tmp_path):
+    manifest = (
+        '[[module]]\nroute = "/users/:id"\nmodule = "a.wat"\n'
+        '[[module]]\nroute = "/users/:name"\nmodule = "b.wat"\n'
+    )
+    with pytest.raises(ManifestError) as caught:
+        load(tmp_path, manifest, {"a.wat": cgi_guest(), "b.wat": cgi_guest()})
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'modules.toml'}:5: route: ")
+    assert "route /users/:name clashes with route /users/:id of component `a`" in message
+
+
+def test_a_missing_entrypoint_is_a_warning_at_load(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        load(
+            tmp_path,
+            '[[module]]\nroute = "/"\nmodule = "m.wat"\nentrypoint = "nope"\n',
+            {"m.wat": cgi_guest()},
+        ).close()
+    assert "route / will answer 500: the module does not export `nope`" in caplog.text
+
+
+def test_global_environment_comes_before_the_components(tmp_path):
+    (tmp_path / "m.wat").write_text(cgi_guest())
+    path = tmp_path / "modules.toml"
+    path.write_text('[[module]]\nroute = "/"\nmodule = "m.wat"\nenvironment = { A = "mine" }\n')
+    settings = Settings(manifest=path, cache_dir=tmp_path / "c", env=(("A", "g"), ("B", "g")))
+    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    assert app.components["m"].env == {"A": "mine", "B": "g"}
+    app.close()
+
+
+def test_staged_files_are_removed_on_close(tmp_path):
+    (tmp_path / "m.wat").write_text(cgi_guest())
+    (tmp_path / "f.txt").write_text("x")
+    path = tmp_path / "spin.toml"
+    path.write_text(
+        'spin_manifest_version = 2\n[application]\nname = "x"\n[[trigger.http]]\n'
+        'route = "/"\ncomponent = "m"\nexecutor = { type = "wagi" }\n'
+        '[component.m]\nsource = "m.wat"\nfiles = ["f.txt"]\n'
+    )
+    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
+    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    staged = Path(app.components["m"].mounts[0][0])
+    assert (staged / "f.txt").read_text() == "x"
+    app.close()
+    assert not staged.exists()
