@@ -6,19 +6,18 @@ The request path only reads what the loader prepared. Guests run on worker threa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import cgi
 from .config import Settings
-from .engine import Invocation, LoadError, Outcome
+from .engine import Invocation
+from .executor import Executor
 from .loader import Handler, LoadedApp
 from .routing import BadPath, Match, RequestPath
 
@@ -36,10 +35,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class Gateway:
     """The ASGI application object; holds the loaded app and the guest threads."""
 
-    def __init__(self, settings: Settings, loaded: LoadedApp) -> None:
+    def __init__(self, settings: Settings, loaded: LoadedApp, executor: Executor) -> None:
         self.settings = settings
         self.loaded = loaded
-        self._threads = ThreadPoolExecutor(settings.guest_threads, thread_name_prefix="guest")
+        self.executor = executor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -58,8 +57,8 @@ class Gateway:
                 return
 
     def close(self) -> None:
-        """Stop the guest threads and release the loaded app."""
-        self._threads.shutdown(wait=True)
+        """Stop running guests and release the loaded app."""
+        self.executor.close()
         self.loaded.close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,8 +128,7 @@ class Gateway:
             stdin=body,
             mounts=component.mounts,
         )
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._threads, _run, handler, invocation)
+        outcome = await self.executor.run(component.pool, handler.entrypoint, invocation)
         if outcome.stderr:
             component.log.write(request_id, outcome.stderr)
         if not outcome.ok:
@@ -167,15 +165,6 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body_out})
         return response.status, len(body_out)
-
-
-def _run(handler: Handler, invocation: Invocation) -> Outcome:
-    """Instantiate and run a guest (on a worker thread)."""
-    try:
-        instance = handler.component.program.instantiate()
-    except LoadError as error:
-        return Outcome(b"", b"", error=str(error))
-    return instance.run(handler.entrypoint, invocation)
 
 
 def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:

@@ -108,6 +108,36 @@ def find_manifest(folder: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """How wasmtime is tuned (see docs/performance.md for the measurements behind these)."""
+
+    # The pooling allocator reserves instance slots up front and reuses them.
+    pooling: bool = True
+    # Instances (pooled, running, or both) that may exist at once in one process.
+    max_instances: int = 1000
+    # The largest linear memory one instance may grow to (the size of a pooling slot).
+    instance_memory: int = 4 << 30
+    # How much of a used slot's memory is reset by memset rather than by madvise.
+    keep_resident: int = 64 << 10
+    # Map a module's initial memory copy-on-write instead of copying it per instance.
+    copy_on_write: bool = True
+    # Seconds between epoch ticks; guest time slices and deadlines count in ticks.
+    epoch_tick: float = 0.001
+    # Ticks a guest may run on the event loop before it moves to a worker thread.
+    inline_ticks: int = 2
+    # Ticks between the checks a worker thread makes on a guest it runs (deadline, output).
+    check_ticks: int = 10
+
+    def fingerprint_items(self) -> dict[str, object]:
+        """The settings compiled code depends on, for the compiled-cache key."""
+        return {
+            "pooling": self.pooling,
+            "instance_memory": self.instance_memory,
+            "copy_on_write": self.copy_on_write,
+        }
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to know, besides the manifest's own content."""
 
@@ -124,7 +154,8 @@ class Settings:
     # Threads that run guests; wasm runs with the GIL released, so one per core.
     guest_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     # Instances kept ready per component (a component's `tool.wagi.pool_size` wins).
-    pool_size: int = 4
+    pool_size: int = 8
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -2,11 +2,15 @@
 
 Work is split by when it happens:
 - load time: `Engine.load` compiles a module once (or reads it from the compiled cache)
-  and links it against WASI once (`Program`, which holds an `InstancePre`);
-- ahead of a request: `Program.instantiate` makes a fresh store and instance;
-- per request: `Instance.run` attaches the request's WASI context (argv, environment,
-  stdin, mounts, captured stdout/stderr) and calls the entrypoint. An instance runs
-  exactly once: a WASI command's `_start` is not meant to run twice.
+  and `Engine.link` links it against WASI once (`Program`, holding an `InstancePre`);
+- ahead of a request: `Program.instantiate` makes a fresh store and instance (the pool
+  does this in the background);
+- per request: `Instance.start` attaches the request's WASI context (argv, environment,
+  stdin, mounts, captured stdout/stderr) and starts the entrypoint as an async call, which
+  `GuestCall.poll` drives. The guest yields at epoch deadlines, so whoever polls decides
+  how long it may run before it is polled again elsewhere, or dropped.
+
+An instance runs once: a WASI command's `_start` is not meant to run twice.
 """
 
 from __future__ import annotations
@@ -18,27 +22,28 @@ import logging
 import os
 import platform
 import tempfile
-import threading
 import time
+from collections import deque
 from ctypes import byref, c_void_p
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import wasmtime
 
 from . import native
 from .cache import ModuleCache
+from .config import EngineSettings
 
 log = logging.getLogger("wagi.engine")
 
 WASI_MODULE = "wasi_snapshot_preview1"
-# Epoch interruption is always on, so every store needs a deadline; this one is
-# effectively "never" and is tightened by per-request limits.
+# Idle instances never run code; this deadline is "never" until a call sets a real one.
 _NO_DEADLINE = 1 << 62
 
 
 class LoadError(Exception):
-    """A module cannot be compiled or linked; the message names it and says why."""
+    """A module cannot be compiled, linked or instantiated; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +85,11 @@ class LoadedModule:
 
 
 class Engine:
-    """A wasmtime engine, a WASI linker and the compiled-module cache that go with it."""
+    """A tuned wasmtime engine, a WASI linker, and the compiled-module cache."""
 
-    def __init__(self, cache_dir: Path | None) -> None:
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        self._options = {"epoch_interruption": True}
-        self.wasmtime = wasmtime.Engine(config)
+    def __init__(self, cache_dir: Path | None, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self.wasmtime = wasmtime.Engine(_engine_config(self.settings))
         self.linker = wasmtime.Linker(self.wasmtime)
         self.linker.define_wasi()
         self.cache = ModuleCache(cache_dir, self.fingerprint())
@@ -95,8 +98,8 @@ class Engine:
     def fingerprint(self) -> str:
         """Identifies the wasmtime version and settings that compiled code depends on."""
         version = importlib.metadata.version("wasmtime")
-        settings = ",".join(f"{k}={v}" for k, v in sorted(self._options.items()))
-        digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+        items = sorted(self.settings.fingerprint_items().items())
+        digest = hashlib.sha256(repr(items).encode()).hexdigest()[:12]
         return f"wasmtime-{version}-{platform.machine()}-{digest}"
 
     def load(self, source: Path) -> LoadedModule:
@@ -134,9 +137,28 @@ class Engine:
             raise LoadError(f"{name}: cannot link: {error}") from None
         return Program(self, module, instance_pre)
 
-    def increment_epoch(self) -> None:
-        """Advance the epoch that guest deadlines are measured in."""
-        self.wasmtime.increment_epoch()
+    def tick(self) -> None:
+        """Advance the epoch that guest time slices and deadlines are counted in."""
+        native.wasmtime_engine_increment_epoch(self.address)
+
+
+def _engine_config(settings: EngineSettings) -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.memory_init_cow = settings.copy_on_write
+    if settings.pooling:
+        slots = settings.max_instances
+        native.use_pooling_allocator(
+            native.address(config),
+            total_core_instances=slots,
+            total_memories=slots,
+            total_tables=slots,
+            total_stacks=slots,  # async calls run on fiber stacks from the pool
+            max_memory_size=settings.instance_memory,
+            linear_memory_keep_resident=settings.keep_resident,
+            table_keep_resident=settings.keep_resident,
+        )
+    return config
 
 
 class Program:
@@ -176,34 +198,46 @@ class Program:
 
 
 class Instance:
-    """One store and instance, used for exactly one run and then closed."""
+    """One store and instance, used for exactly one call and then closed."""
 
-    def __init__(
-        self, store: int, context: int, handle: native.InstanceHandle, is_reactor: bool
-    ) -> None:
+    def __init__(self, store: int, context: int, handle: native.InstanceHandle,
+                 is_reactor: bool) -> None:  # fmt: skip
         self._store = store
         self._context = context
         self._handle = handle
         self._is_reactor = is_reactor
 
-    def run(self, entrypoint: str, invocation: Invocation) -> Outcome:
-        """Attach the request's WASI context, call `entrypoint`, and close the instance."""
-        try:
-            return self._run(entrypoint, invocation)
-        finally:
-            self.close()
+    def start(self, entrypoint: str, invocation: Invocation, first_slice: int = _NO_DEADLINE,
+              slice_ticks: int = _NO_DEADLINE) -> GuestCall:  # fmt: skip
+        """Attach the request's WASI context and start `entrypoint`.
 
-    def _run(self, entrypoint: str, invocation: Invocation) -> Outcome:
-        output = _thread_output()
+        The guest runs `first_slice` epoch ticks on the first poll, then `slice_ticks`
+        per poll. The instance belongs to the returned call from now on.
+        """
+        output = _OutputFiles.take()
         problem = self._attach_wasi(invocation, output)
-        if problem:
-            return Outcome(b"", b"", error=problem)
+        names = [entrypoint]
         if self._is_reactor and entrypoint != "_start":
-            # A reactor must be initialised before any other export is called.
-            outcome = self._call("_initialize", output)
-            if not outcome.ok:
-                return outcome
-        return self._call(entrypoint, output)
+            names.insert(0, "_initialize")  # a reactor is initialised before anything else
+        functions = []
+        for name in names:
+            function = self._function(name)
+            if function is None:
+                problem = problem or f"the module does not export a function `{name}`"
+            functions.append(function)
+        if problem is None:
+            native.wasmtime_context_epoch_deadline_async_yield_and_update(
+                self._context, slice_ticks
+            )
+            native.wasmtime_context_set_epoch_deadline(self._context, first_slice)
+        return GuestCall(self, functions, output, problem)
+
+    def run(self, entrypoint: str, invocation: Invocation) -> Outcome:
+        """Run `entrypoint` to completion on this thread (for load time and tests)."""
+        call = self.start(entrypoint, invocation)
+        while not call.poll():
+            pass
+        return call.finish()
 
     def _attach_wasi(self, invocation: Invocation, output: _OutputFiles) -> str | None:
         config = native.wasi_config_new()
@@ -212,13 +246,11 @@ class Instance:
         names = [name.encode() for name, _ in invocation.env]
         values = [value.encode() for _, value in invocation.env]
         env_keep, env = native.string_array(names + values)
-        count = len(names)
         env_address = ctypes.addressof(env)
-        if not native.wasi_config_set_env(
-            config, count, env_address, env_address + count * ctypes.sizeof(c_void_p)
-        ):
+        values_address = env_address + len(names) * ctypes.sizeof(c_void_p)
+        if not native.wasi_config_set_env(config, len(names), env_address, values_address):
             native.wasi_config_delete(config)
-            return "environment is not valid UTF-8"
+            return "the environment is not valid UTF-8"
         stdin = native.stdin_vector(invocation.stdin)
         native.wasi_config_set_stdin_bytes(config, byref(stdin))
         native.wasi_config_set_stdout_file(config, output.stdout_path)
@@ -231,29 +263,18 @@ class Instance:
         del argv_keep, env_keep
         return native.error_text(error) if error else None
 
-    def _call(self, name: str, output: _OutputFiles) -> Outcome:
+    def _function(self, name: str) -> native.Extern | None:
         function = native.Extern()
         encoded = name.encode()
         found = native.wasmtime_instance_export_get(
             self._context, byref(self._handle), encoded, len(encoded), byref(function)
         )
-        if not found or function.kind != native.EXTERN_FUNC:
-            return Outcome(b"", b"", error=f"the module does not export a function `{name}`")
-        trap = c_void_p()
-        error = native.wasmtime_func_call(
-            self._context, byref(function.of.func), None, 0, None, 0, byref(trap)
-        )
-        exit_code, message, trap_code = 0, None, None
-        if error:
-            status = native.exit_status(error)
-            if status is None:
-                message = native.error_text(error)
-            else:
-                native.wasmtime_error_delete(error)
-                exit_code = status
-        elif trap.value:
-            message, trap_code = native.trap_details(trap.value)
-        return Outcome(output.read_stdout(), output.read_stderr(), exit_code, message, trap_code)
+        return function if found and function.kind == native.EXTERN_FUNC else None
+
+    @property
+    def context(self) -> int:
+        """The store's context pointer."""
+        return self._context
 
     def close(self) -> None:
         """Free the store and everything in it (idempotent)."""
@@ -265,16 +286,106 @@ class Instance:
         self.close()
 
 
-class _OutputFiles:
-    """A thread's stdout and stderr files, reused by every run on that thread.
+class GuestCall:
+    """A guest's entrypoint running as an async call: poll until done, then `finish`."""
 
-    wasmtime opens the path given for stdout/stderr with truncation, so each run starts
-    with empty files. On Linux they are memfds: memory, no disk, no cleanup.
+    def __init__(self, instance: Instance, functions: list[native.Extern | None],
+                 output: _OutputFiles, problem: str | None) -> None:  # fmt: skip
+        self._instance = instance
+        self._functions = deque(functions)
+        self._output = output
+        self._future: int | None = None
+        self._trap = c_void_p()
+        self._error = c_void_p()
+        self._exit_code = 0
+        self._message = problem
+        self._trap_code: int | None = None
+        self.done = problem is not None
+
+    def poll(self) -> bool:
+        """Run the guest until it finishes (True) or yields at a deadline (False)."""
+        while not self.done:
+            if self._future is None:
+                function = self._functions.popleft()
+                self._future = native.wasmtime_func_call_async(
+                    self._instance.context, byref(function.of.func), None, 0, None, 0,
+                    byref(self._trap), byref(self._error),
+                )  # fmt: skip
+            if not native.wasmtime_call_future_poll(self._future):
+                return False
+            native.wasmtime_call_future_delete(self._future)
+            self._future = None
+            self._collect_result()
+            self.done = self._message is not None or self._exit_code != 0 or not self._functions
+        return True
+
+    def _collect_result(self) -> None:
+        if self._error.value:
+            status = native.exit_status(self._error.value)
+            if status is None:
+                self._message = native.error_text(self._error.value)
+            else:
+                native.wasmtime_error_delete(self._error.value)
+                self._exit_code = status
+                self._functions.clear()  # proc_exit ends the program, even exit(0)
+        elif self._trap.value:
+            self._message, self._trap_code = native.trap_details(self._trap.value)
+        self._error.value = self._trap.value = None
+
+    def finish(self) -> Outcome:
+        """The outcome of a finished call; frees the instance and the output files."""
+        outcome = Outcome(self._output.read_stdout(), self._output.read_stderr(),
+                          self._exit_code, self._message, self._trap_code)  # fmt: skip
+        self._release()
+        return outcome
+
+    def cancel(self) -> Outcome:
+        """Drop a call that has not finished (the guest never runs again)."""
+        if self._future is not None:
+            native.wasmtime_call_future_delete(self._future)
+            self._future = None
+        return self.finish()
+
+    def stdout_size(self) -> int:
+        """Bytes the guest has written to stdout so far."""
+        return self._output.stdout_size()
+
+    def _release(self) -> None:
+        self._instance.close()
+        self._output.give_back()
+
+
+class _OutputFiles:
+    """A pair of files for one call's stdout and stderr, recycled between calls.
+
+    wasmtime opens the given paths with truncation, so each call starts with empty
+    files. On Linux they are memfds: memory, no disk, nothing to clean up.
     """
+
+    # Shared by every thread: deque's append and pop are atomic.
+    _free: ClassVar[deque[_OutputFiles]] = deque()
+    # Files that held more than this are emptied on return, so idle memory stays small.
+    _KEEP_BYTES = 1 << 20
 
     def __init__(self) -> None:
         self._stdout_fd, self.stdout_path = _anonymous_file("stdout")
         self._stderr_fd, self.stderr_path = _anonymous_file("stderr")
+
+    @classmethod
+    def take(cls) -> _OutputFiles:
+        try:
+            return cls._free.pop()
+        except IndexError:
+            return cls()
+
+    def give_back(self) -> None:
+        for fd in (self._stdout_fd, self._stderr_fd):
+            if os.fstat(fd).st_size > self._KEEP_BYTES:
+                os.ftruncate(fd, 0)
+        self._free.append(self)
+
+    def stdout_size(self) -> int:
+        return os.fstat(self._stdout_fd).st_size
 
     def read_stdout(self) -> bytes:
         return _read_all(self._stdout_fd)
@@ -294,13 +405,3 @@ def _anonymous_file(name: str) -> tuple[int, bytes]:
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0) if size else b""
-
-
-_thread_state = threading.local()
-
-
-def _thread_output() -> _OutputFiles:
-    output = getattr(_thread_state, "output", None)
-    if output is None:
-        output = _thread_state.output = _OutputFiles()
-    return output

@@ -15,6 +15,7 @@ from .engine import Engine, Invocation, LoadedModule, LoadError, Program
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
 from .mounts import StagedFiles, guest_mounts
+from .pool import InstancePool
 from .routing import Route, RouteClash, RoutePattern, RouteSyntaxError, RouteTable
 
 log = logging.getLogger("wagi.loader")
@@ -27,13 +28,15 @@ class ComponentRuntime:
     id: str
     source: Path
     program: Program
+    pool: InstancePool
     env: dict[str, str]
     mounts: list[tuple[str, str]]
     log: ComponentLog
     staged: StagedFiles | None
 
     def close(self) -> None:
-        """Release the staged files and the log file."""
+        """Release the pooled instances, the staged files and the log file."""
+        self.pool.close()
         if self.staged is not None:
             self.staged.close()
         self.log.close()
@@ -106,6 +109,12 @@ def _prepare(
         )
     except LoadError as error:
         raise LoadError(f"{component.origin}: {error}") from None
+    pool_size = settings.pool_size if component.pool_size is None else component.pool_size
+    pool = InstancePool(program, pool_size, component.id)
+    try:
+        pool.fill()
+    except LoadError as error:
+        raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
     staged = StagedFiles(component) if component.files else None
     env = dict(settings.env)
     env.update(component.environment)
@@ -113,6 +122,7 @@ def _prepare(
         id=component.id,
         source=component.source,
         program=program,
+        pool=pool,
         env=env,
         mounts=guest_mounts(component, staged),
         log=ComponentLog(settings.log_dir, component.id),

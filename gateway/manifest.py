@@ -72,6 +72,8 @@ class Component:
     empty_patterns: tuple[str, ...] = ()
     allowed_outbound_hosts: tuple[str, ...] = ()
     build: Build | None = None
+    # Gateway settings (`[component.NAME.tool.wagi]`, or keys of a WAGI `[[module]]`).
+    pool_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,10 @@ def _load_spin_v2(ctx: _Context, data: dict) -> Manifest:
             http.finish()
         app_trigger.ignore(*(k for k in app_trigger.data if k != "http"))
         app_trigger.finish()
-    _tool_tables(application)
+    if _tool_tables(application):
+        raise application.error(
+            "tool", "gateway settings belong to components: [component.NAME.tool.wagi]"
+        )
     application.finish()
     if top.has("variables"):
         raise top.error(
@@ -439,7 +444,7 @@ def _spin_component(table: _Table, component_id: str) -> Component:
     outbound = table.strings("allowed_outbound_hosts") + table.strings("allowed_http_hosts")
     mounts, files, empty = _spin_files(table)
     build = _build(table)
-    _tool_tables(table)
+    options = _tool_tables(table)
     table.finish()
     return Component(
         id=component_id,
@@ -451,6 +456,7 @@ def _spin_component(table: _Table, component_id: str) -> Component:
         empty_patterns=empty,
         allowed_outbound_hosts=outbound,
         build=build,
+        **options,
     )
 
 
@@ -485,16 +491,29 @@ def _module_path(table: _Table, key: str, text: str) -> Path:
     return path
 
 
-def _tool_tables(table: _Table) -> None:
+def _tool_tables(table: _Table) -> dict[str, Any]:
+    """Check `tool` tables; return this gateway's settings from `tool.wagi`."""
     tools = table.sub("tool")
     if tools is None:
-        return
-    # Tables of other tools belong to them; ours is checked when it has settings.
+        return {}
+    # Tables of other tools belong to them.
     tools.ignore(*(name for name in tools.data if name != "wagi"))
     wagi = tools.sub("wagi")
-    if wagi is not None:
-        wagi.finish()
+    options = {} if wagi is None else _gateway_options(wagi)
     tools.finish()
+    return options
+
+
+def _gateway_options(table: _Table) -> dict[str, Any]:
+    """The per-component settings of this gateway; the table is then finished."""
+    options: dict[str, Any] = {}
+    pool_size = table.take("pool_size", int)
+    if pool_size is not None:
+        if pool_size < 0:
+            raise table.error("pool_size", "must be 0 or more")
+        options["pool_size"] = pool_size
+    table.finish()
+    return options
 
 
 def _build(table: _Table) -> Build | None:
@@ -661,7 +680,7 @@ def _load_wagi(ctx: _Context, data: dict) -> Manifest:
         for key in ("bindle", "bindle_server"):
             if table.has(key):
                 raise table.error(key, "bindles are not supported; use a local module")
-        table.finish()
+        options = _gateway_options(table)  # also finishes the table
         component_id = _unique_id(_wagi_component_id(route, source), components)
         components[component_id] = Component(
             id=component_id,
@@ -670,6 +689,7 @@ def _load_wagi(ctx: _Context, data: dict) -> Manifest:
             environment=environment,
             mounts=mounts,
             allowed_outbound_hosts=outbound,
+            **options,
         )
         triggers.append(
             Trigger(route, component_id, ctx.origin(table.path("route")), entrypoint, argv)

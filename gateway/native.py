@@ -1,9 +1,10 @@
 """The wasmtime C API calls that wasmtime-py does not wrap, or wraps too slowly.
 
 wasmtime-py's high-level objects are used at load time (compiling, linking). On the
-request path, its per-call Python overhead (wrappers, type checks, building every
-export of an instance) cost more than running a small guest, so the few calls a
-request makes are declared here directly against the same shared library.
+request path its per-call Python overhead (wrappers, type checks, building every export
+of an instance) costs more than running a small guest, so the few calls a request makes
+are declared here directly against the same shared library. It also has no wrapper for
+the pooling allocator or for async calls, which this gateway relies on.
 
 Two handles to that library are used on purpose:
 - `_quick` (ctypes.PyDLL) keeps the GIL during the call. For calls that take a few
@@ -18,7 +19,19 @@ This module is the only place that knows the C API; it is tied to wasmtime-py 50
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, byref, c_bool, c_char_p, c_int, c_size_t, c_uint8, c_uint64, c_void_p
+from ctypes import (
+    POINTER,
+    byref,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
 
 from wasmtime import _ffi as ffi
 
@@ -29,92 +42,99 @@ ByteVec = ffi.wasm_byte_vec_t
 InstanceHandle = ffi.wasmtime_instance_t
 Extern = ffi.wasmtime_extern_t
 EXTERN_FUNC = 0
-TRAP_CODE_INTERRUPT = 10
 TRAP_CODE_STACK_OVERFLOW = 0
+TRAP_CODE_INTERRUPT = 10
+
+_P = c_void_p  # any pointer
 
 
-def _declare(lib: ctypes.CDLL, name: str, restype, *argtypes):
+def _declare(lib: ctypes.CDLL, name: str, restype: object, *argtypes: object):
     function = getattr(lib, name)
     function.restype = restype
     function.argtypes = argtypes
     return function
 
 
+# fmt: off
 # WASI configuration: built per request, then handed to a store.
-wasi_config_new = _declare(_quick, "wasi_config_new", c_void_p)
-wasi_config_delete = _declare(_quick, "wasi_config_delete", None, c_void_p)
-wasi_config_set_argv = _declare(
-    _quick, "wasi_config_set_argv", c_bool, c_void_p, c_size_t, c_void_p
-)
-wasi_config_set_env = _declare(
-    _quick, "wasi_config_set_env", c_bool, c_void_p, c_size_t, c_void_p, c_void_p
-)
-wasi_config_set_stdin_bytes = _declare(
-    _quick, "wasi_config_set_stdin_bytes", None, c_void_p, c_void_p
-)
-wasi_config_set_stdout_file = _declare(
-    _quick, "wasi_config_set_stdout_file", c_bool, c_void_p, c_char_p
-)
-wasi_config_set_stderr_file = _declare(
-    _quick, "wasi_config_set_stderr_file", c_bool, c_void_p, c_char_p
-)
-wasi_config_preopen_dir = _declare(
-    _quick, "wasi_config_preopen_dir", c_bool, c_void_p, c_char_p, c_char_p, c_bool
-)
-wasm_byte_vec_new = _declare(_quick, "wasm_byte_vec_new", None, c_void_p, c_size_t, c_char_p)
-wasm_byte_vec_delete = _declare(_quick, "wasm_byte_vec_delete", None, c_void_p)
+wasi_config_new = _declare(_quick, "wasi_config_new", _P)
+wasi_config_delete = _declare(_quick, "wasi_config_delete", None, _P)
+wasi_config_set_argv = _declare(_quick, "wasi_config_set_argv", c_bool, _P, c_size_t, _P)
+wasi_config_set_env = _declare(_quick, "wasi_config_set_env", c_bool, _P, c_size_t, _P, _P)
+wasi_config_set_stdin_bytes = _declare(_quick, "wasi_config_set_stdin_bytes", None, _P, _P)
+wasi_config_set_stdout_file = _declare(_quick, "wasi_config_set_stdout_file", c_bool, _P, c_char_p)
+wasi_config_set_stderr_file = _declare(_quick, "wasi_config_set_stderr_file", c_bool, _P, c_char_p)
+wasi_config_preopen_dir = _declare(_quick, "wasi_config_preopen_dir", c_bool, _P, c_char_p,
+                                   c_char_p, c_bool)
+wasm_byte_vec_new = _declare(_quick, "wasm_byte_vec_new", None, _P, c_size_t, c_char_p)
+wasm_byte_vec_delete = _declare(_quick, "wasm_byte_vec_delete", None, _P)
 
 # Stores and instances.
-wasmtime_store_new = _declare(_quick, "wasmtime_store_new", c_void_p, c_void_p, c_void_p, c_void_p)
-wasmtime_store_context = _declare(_quick, "wasmtime_store_context", c_void_p, c_void_p)
-wasmtime_store_delete = _declare(_quick, "wasmtime_store_delete", None, c_void_p)
-wasmtime_store_limiter = _declare(
-    _quick,
-    "wasmtime_store_limiter",
-    None,
-    c_void_p,
-    ctypes.c_int64,
-    ctypes.c_int64,
-    ctypes.c_int64,
-    ctypes.c_int64,
-    ctypes.c_int64,
-)
-wasmtime_context_set_wasi = _declare(
-    _quick, "wasmtime_context_set_wasi", c_void_p, c_void_p, c_void_p
-)
-wasmtime_context_set_epoch_deadline = _declare(
-    _quick, "wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64
-)
-wasmtime_instance_pre_instantiate = _declare(
-    _quick, "wasmtime_instance_pre_instantiate", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p
-)
-wasmtime_instance_export_get = _declare(
-    _quick, "wasmtime_instance_export_get", c_bool, c_void_p, c_void_p, c_char_p, c_size_t, c_void_p
-)
+wasmtime_store_new = _declare(_quick, "wasmtime_store_new", _P, _P, _P, _P)
+wasmtime_store_context = _declare(_quick, "wasmtime_store_context", _P, _P)
+wasmtime_store_delete = _declare(_quick, "wasmtime_store_delete", None, _P)
+wasmtime_store_limiter = _declare(_quick, "wasmtime_store_limiter", None, _P, c_int64, c_int64,
+                                  c_int64, c_int64, c_int64)
+wasmtime_context_set_wasi = _declare(_quick, "wasmtime_context_set_wasi", _P, _P, _P)
+wasmtime_context_set_epoch_deadline = _declare(_quick, "wasmtime_context_set_epoch_deadline",
+                                               None, _P, c_uint64)
+wasmtime_instance_pre_instantiate = _declare(_quick, "wasmtime_instance_pre_instantiate", _P, _P,
+                                             _P, _P, _P)
+wasmtime_instance_export_get = _declare(_quick, "wasmtime_instance_export_get", c_bool, _P, _P,
+                                        c_char_p, c_size_t, _P)
 
-# Running guest code: the GIL is released for the whole call.
-wasmtime_func_call = _declare(
-    _slow,
-    "wasmtime_func_call",
-    c_void_p,
-    c_void_p,
-    c_void_p,
-    c_void_p,
-    c_size_t,
-    c_void_p,
-    c_size_t,
-    c_void_p,
-)
+# Running guest code. A call is started as a future and polled: each poll runs the guest
+# until it finishes or yields at an epoch deadline, with the GIL released.
+wasmtime_func_call_async = _declare(_quick, "wasmtime_func_call_async", _P, _P, _P, _P, c_size_t,
+                                    _P, c_size_t, _P, _P)
+wasmtime_call_future_poll = _declare(_slow, "wasmtime_call_future_poll", c_bool, _P)
+wasmtime_call_future_delete = _declare(_quick, "wasmtime_call_future_delete", None, _P)
+# Returns nothing (wasmtime-py's binding says an error pointer; the C function is void).
+wasmtime_context_epoch_deadline_async_yield_and_update = _declare(
+    _quick, "wasmtime_context_epoch_deadline_async_yield_and_update", None, _P, c_uint64)
+wasmtime_engine_increment_epoch = _declare(_slow, "wasmtime_engine_increment_epoch", None, _P)
 
 # Errors and traps.
-wasmtime_error_message = _declare(_quick, "wasmtime_error_message", None, c_void_p, c_void_p)
-wasmtime_error_exit_status = _declare(
-    _quick, "wasmtime_error_exit_status", c_bool, c_void_p, POINTER(c_int)
-)
-wasmtime_error_delete = _declare(_quick, "wasmtime_error_delete", None, c_void_p)
-wasm_trap_message = _declare(_quick, "wasm_trap_message", None, c_void_p, c_void_p)
-wasmtime_trap_code = _declare(_quick, "wasmtime_trap_code", c_bool, c_void_p, POINTER(c_uint8))
-wasm_trap_delete = _declare(_quick, "wasm_trap_delete", None, c_void_p)
+wasmtime_error_message = _declare(_quick, "wasmtime_error_message", None, _P, _P)
+wasmtime_error_exit_status = _declare(_quick, "wasmtime_error_exit_status", c_bool, _P,
+                                      POINTER(c_int))
+wasmtime_error_delete = _declare(_quick, "wasmtime_error_delete", None, _P)
+wasm_trap_message = _declare(_quick, "wasm_trap_message", None, _P, _P)
+wasmtime_trap_code = _declare(_quick, "wasmtime_trap_code", c_bool, _P, POINTER(c_uint8))
+wasm_trap_delete = _declare(_quick, "wasm_trap_delete", None, _P)
+
+# The pooling allocator: instance slots reserved up front and reused, so making an
+# instance does not map (nor deleting one unmap) its memory.
+_pooling_new = _declare(_quick, "wasmtime_pooling_allocation_config_new", _P)
+_pooling_delete = _declare(_quick, "wasmtime_pooling_allocation_config_delete", None, _P)
+_pooling_use = _declare(_quick, "wasmtime_pooling_allocation_strategy_set", None, _P, _P)
+# fmt: on
+
+_POOLING_SETTINGS = {
+    "total_core_instances": c_uint32,
+    "total_memories": c_uint32,
+    "total_tables": c_uint32,
+    "total_stacks": c_uint32,
+    "max_memory_size": c_size_t,
+    "linear_memory_keep_resident": c_size_t,
+    "table_keep_resident": c_size_t,
+    "max_unused_warm_slots": c_uint32,
+}
+
+
+def use_pooling_allocator(config_address: int, **settings: int) -> None:
+    """Make a `wasm_config_t` use the pooling allocator with these settings."""
+    pooling = _pooling_new()
+    try:
+        for name, value in settings.items():
+            setter = _declare(
+                _quick, f"wasmtime_pooling_allocation_config_{name}_set", None, _P,
+                _POOLING_SETTINGS[name],
+            )  # fmt: skip
+            setter(pooling, value)
+        _pooling_use(config_address, pooling)
+    finally:
+        _pooling_delete(pooling)
 
 
 def address(managed: object) -> int:

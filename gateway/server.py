@@ -11,6 +11,7 @@ import hypercorn.config
 from .app import Gateway
 from .config import Settings
 from .engine import Engine
+from .executor import Executor
 from .loader import LoadedApp, load_app
 from .manifest import load_manifest
 
@@ -29,18 +30,12 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     return config
 
 
-def load(settings: Settings) -> LoadedApp:
-    """Load the manifest and everything it names; raises on any problem."""
-    manifest = load_manifest(settings.manifest)
-    engine = Engine(settings.cache_dir)
-    return load_app(manifest, settings, engine)
-
-
 def serve(settings: Settings) -> None:
     """Load the app, then serve it until SIGINT or SIGTERM."""
-    loaded = load(settings)
+    engine = Engine(settings.cache_dir, settings.engine)
+    loaded = load_app(load_manifest(settings.manifest), settings, engine)
     _announce(settings, loaded)
-    gateway = Gateway(settings, loaded)
+    gateway = Gateway(settings, loaded, Executor(engine, settings.guest_threads))
     asyncio.run(hypercorn.asyncio.serve(gateway, hypercorn_config(settings)))
 
 
