@@ -112,21 +112,14 @@ class Gateway:
     ) -> tuple[int, int]:
         request = _cgi_request(scope, len(body))
         component = handler.component
-        route = cgi.RouteInfo(
-            matched_route=handler.pattern.text,
-            component_route=handler.pattern.prefix,
-            script_name=match.script_name,
-            path_info=match.path_info,
-            raw_path_info=match.raw_path_info,
-            params=match.params,
-            base_path=handler.base_path,
-        )
-        env = cgi.environment(request, route, component.env)
+        where = cgi.RouteMatch(match.script_name, match.path_info, match.raw_path_info,
+                               match.params)  # fmt: skip
         invocation = Invocation(
             argv=cgi.argv(handler.argv, request),
-            env=list(env.items()),
+            env=cgi.request_environment(request, where, handler.optional_env),
             stdin=body,
             mounts=component.mounts,
+            fixed_env=handler.fixed_env,
         )
         outcome = await self.executor.run(component.pool, handler.entrypoint, invocation)
         if outcome.stderr:

@@ -8,6 +8,7 @@ is a success.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     """What CGI needs to know about an HTTP request."""
 
@@ -51,16 +52,33 @@ class Request:
 
 
 @dataclass(frozen=True)
-class RouteInfo:
-    """The route that matched, as the CGI variables describe it."""
+class RouteConstants:
+    """What the CGI variables say about a route, the same for every request to it."""
 
     matched_route: str  # as written, e.g. `/env/...`
     component_route: str  # without `/...`
+    base_path: str = "/"
+
+
+@dataclass(slots=True)
+class RouteMatch:
+    """Where a request path fell within its route."""
+
     script_name: str
     path_info: str
     raw_path_info: str
     params: tuple[tuple[str, str], ...] = ()
-    base_path: str = "/"
+
+
+_LINE_BREAK_OR_NUL = re.compile(rb"[\r\n\x00]")
+# Variables that depend on the request. A configured variable can never replace them.
+REQUEST_VARIABLES = frozenset({
+    "SERVER_PROTOCOL", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "PATH_TRANSLATED",
+    "X_RAW_PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR",
+    "REMOTE_HOST", "X_CLIENT_ADDR", "SERVER_NAME", "SERVER_PORT", "X_FULL_URL", "HTTPS",
+})  # fmt: skip
+# Names a request may or may not set (a header, a route parameter, TLS).
+REQUEST_PREFIXES = ("HTTP_", "X_PATH_MATCH_")
 
 
 def argv(template: str, request: Request) -> list[str]:
@@ -84,87 +102,122 @@ def _default_argv(request: Request) -> list[str]:
     return [request.raw_path, *request.query.split("&")]
 
 
-def environment(request: Request, route: RouteInfo, base: dict[str, str]) -> dict[str, str]:
-    """The guest's environment: `base` (configured), then CGI variables, which win."""
-    env = dict(base)
-    for name, value in _header_variables(request.headers).items():
-        env[name] = value
-    server_name, server_port = _server_address(request)
+def environment(
+    request: Request, route: RouteConstants, match: RouteMatch, configured: dict[str, str]
+) -> dict[str, str]:
+    """The guest's whole environment: configured variables, then CGI ones, which win.
+
+    The gateway hands it to the guest in two parts, `fixed_environment` (computed once per
+    route) and `request_environment`; this joins them, for tests and tools.
+    """
+    fixed, optional = fixed_environment(route, configured)
+    return {**fixed, **request_environment(request, match, optional)}
+
+
+def fixed_environment(
+    route: RouteConstants, configured: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The variables every request to `route` gets, and the configured ones a request
+    may replace (names like `HTTP_*`), which `request_environment` adds when it does not.
+    """
+    fixed: dict[str, str] = {}
+    optional: dict[str, str] = {}
+    for name, value in configured.items():
+        if name.startswith(REQUEST_PREFIXES) or name == "HTTPS":
+            optional[name] = value
+        elif name not in REQUEST_VARIABLES:
+            fixed[name] = value
+    fixed.update({
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": "WAGI/1",
+        "AUTH_TYPE": "",
+        "REMOTE_USER": "",
+        "X_MATCHED_ROUTE": route.matched_route,
+        "X_COMPONENT_ROUTE": route.component_route,
+        "X_RAW_COMPONENT_ROUTE": route.matched_route,
+        "X_BASE_PATH": route.base_path,
+    })  # fmt: skip
+    return fixed, optional
+
+
+def request_environment(
+    request: Request, match: RouteMatch, optional: dict[str, str]
+) -> dict[str, str]:
+    """The variables that depend on the request, `HTTP_*` headers included."""
+    env, host, content_type = _header_variables(request.headers)
+    server_name, server_port = _server_address(request, host)
     client_host, client_port = request.client or ("", 0)
     query = request.query
-    env.update(
-        {
-            "GATEWAY_INTERFACE": "CGI/1.1",
-            "SERVER_SOFTWARE": "WAGI/1",
-            "SERVER_PROTOCOL": request.protocol,
-            "REQUEST_METHOD": request.method,
-            "SCRIPT_NAME": route.script_name,
-            "PATH_INFO": route.path_info,
-            "PATH_TRANSLATED": route.path_info,
-            "X_RAW_PATH_INFO": route.raw_path_info,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(request.body_length),
-            "CONTENT_TYPE": _header(request.headers, b"content-type"),
-            "REMOTE_ADDR": client_host,
-            "REMOTE_HOST": client_host,
-            "REMOTE_USER": "",
-            "AUTH_TYPE": "",
-            "X_CLIENT_ADDR": f"{client_host}:{client_port}",
-            "SERVER_NAME": server_name,
-            "SERVER_PORT": str(server_port),
-            "X_MATCHED_ROUTE": route.matched_route,
-            "X_FULL_URL": _full_url(request, server_name, server_port),
-            "X_COMPONENT_ROUTE": route.component_route,
-            "X_RAW_COMPONENT_ROUTE": route.matched_route,
-            "X_BASE_PATH": route.base_path,
-        }
+    env["SERVER_PROTOCOL"] = request.protocol
+    env["REQUEST_METHOD"] = request.method
+    env["SCRIPT_NAME"] = match.script_name
+    env["PATH_INFO"] = env["PATH_TRANSLATED"] = match.path_info
+    env["X_RAW_PATH_INFO"] = match.raw_path_info
+    env["QUERY_STRING"] = query
+    env["CONTENT_LENGTH"] = str(request.body_length)
+    env["CONTENT_TYPE"] = content_type
+    env["REMOTE_ADDR"] = env["REMOTE_HOST"] = client_host
+    env["X_CLIENT_ADDR"] = f"{client_host}:{client_port}"
+    env["SERVER_NAME"] = server_name
+    env["SERVER_PORT"] = str(server_port)
+    env["X_FULL_URL"] = f"{request.scheme}://{server_name}:{server_port}{request.raw_path}" + (
+        f"?{query}" if query else ""
     )
     if request.scheme == "https":
         env["HTTPS"] = "on"
-    for name, value in route.params:
+    for name, value in match.params:
         env[f"X_PATH_MATCH_{name.upper()}"] = value
+    for name, value in optional.items():
+        env.setdefault(name, value)
     return env
 
 
-def _header_variables(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """`HTTP_*` variables; a repeated header is joined with `, ` (RFC 3875 4.1.18)."""
+def _header_variables(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str, str]:
+    """`HTTP_*` variables, and the Host and Content-Type headers.
+
+    A repeated header is joined with `, ` (RFC 3875 4.1.18).
+    """
     variables: dict[str, str] = {}
+    host = content_type = ""
     for name, value in headers:
-        name = name.lower()
-        if name in HIDDEN_REQUEST_HEADERS:
+        key = _variable_name(name)
+        if key is None:
             continue
         text = _text(value)
         if text is None:
             continue
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         if key in variables:
             # Cookies repeat in HTTP/2 (one per crumb) and rejoin with `; ` (RFC 9113).
-            separator = "; " if name == b"cookie" else ", "
+            separator = "; " if key == "HTTP_COOKIE" else ", "
             variables[key] = variables[key] + separator + text
-        else:
-            variables[key] = text
-    return variables
+            continue
+        variables[key] = text
+        if key == "HTTP_HOST":
+            host = text
+        elif key == "HTTP_CONTENT_TYPE":
+            content_type = text
+    return variables, host, content_type
+
+
+@functools.lru_cache(maxsize=1024)
+def _variable_name(header: bytes) -> str | None:
+    """`HTTP_ACCEPT_LANGUAGE` for `accept-language`; None for headers never passed on."""
+    if header.lower() in HIDDEN_REQUEST_HEADERS:
+        return None
+    return "HTTP_" + header.decode("latin-1").upper().replace("-", "_")
 
 
 def _text(value: bytes) -> str | None:
     """A header value as text for the environment: UTF-8 if it is, else Latin-1."""
-    if b"\x00" in value or b"\r" in value or b"\n" in value:
-        return None
+    if _LINE_BREAK_OR_NUL.search(value):
+        return None  # HTTP parsers refuse these already; an environment cannot hold them
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value.decode("latin-1")
 
 
-def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str:
-    for name, value in headers:
-        if name.lower() == wanted:
-            return _text(value) or ""
-    return ""
-
-
-def _server_address(request: Request) -> tuple[str, int]:
-    host = _header(request.headers, b"host")
+def _server_address(request: Request, host: str) -> tuple[str, int]:
     if host:
         name, port = _split_host(host)
         if port is not None:
@@ -185,11 +238,6 @@ def _split_host(host: str) -> tuple[str, int | None]:
     return name, int(port_text) if port_text.isdigit() else None
 
 
-def _full_url(request: Request, server_name: str, server_port: int) -> str:
-    query = f"?{request.query}" if request.query else ""
-    return f"{request.scheme}://{server_name}:{server_port}{request.raw_path}{query}"
-
-
 # --------------------------------------------------------------------------- response
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -206,7 +254,7 @@ class CgiError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Response:
     """A parsed CGI response."""
 

@@ -19,19 +19,16 @@ import ctypes
 import hashlib
 import importlib.metadata
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections import deque
 from ctypes import byref, c_void_p
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import wasmtime
 
-from . import native
+from . import native, stdio
 from .cache import ModuleCache
 from .config import EngineSettings
 
@@ -40,13 +37,14 @@ log = logging.getLogger("wagi.engine")
 WASI_MODULE = "wasi_snapshot_preview1"
 # Idle instances never run code; this deadline is "never" until a call sets a real one.
 _NO_DEADLINE = 1 << 62
+_NO_LIMIT = 1 << 62
 
 
 class LoadError(Exception):
     """A module cannot be compiled, linked or instantiated; the message says why."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What one run of a guest produced."""
 
@@ -63,15 +61,29 @@ class Outcome:
         return self.error is None and self.exit_code == 0
 
 
-@dataclass(frozen=True)
+class FixedEnvironment:
+    """Environment variables that are the same for many calls, laid out in C memory once."""
+
+    __slots__ = ("_blob", "_pointers", "count", "names_address", "values_address")
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self.count = len(variables)
+        self._blob, self._pointers = native.string_table([*variables, *variables.values()])
+        self.names_address = ctypes.addressof(self._pointers)
+        self.values_address = self.names_address + self.count * ctypes.sizeof(c_void_p)
+
+
+@dataclass(slots=True)
 class Invocation:
     """The WASI context of one request."""
 
     argv: list[str]
-    env: list[tuple[str, str]]
+    # Variables of this request; they come first, so they win over `fixed_env`.
+    env: dict[str, str]
     stdin: bytes = b""
     # (host directory, guest path) pairs, always mounted read-only.
     mounts: list[tuple[str, str]] = field(default_factory=list)
+    fixed_env: FixedEnvironment | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class Engine:
         self.wasmtime = wasmtime.Engine(_engine_config(self.settings))
         self.linker = wasmtime.Linker(self.wasmtime)
         self.linker.define_wasi()
+        stdio.install(self.linker)
         self.cache = ModuleCache(cache_dir, self.fingerprint())
         self.address = native.address(self.wasmtime)
 
@@ -200,22 +213,29 @@ class Program:
 class Instance:
     """One store and instance, used for exactly one call and then closed."""
 
-    def __init__(self, store: int, context: int, handle: native.InstanceHandle,
-                 is_reactor: bool) -> None:  # fmt: skip
+    def __init__(
+        self, store: int, context: int, handle: native.InstanceHandle, is_reactor: bool
+    ) -> None:
         self._store = store
         self._context = context
         self._handle = handle
         self._is_reactor = is_reactor
 
-    def start(self, entrypoint: str, invocation: Invocation, first_slice: int = _NO_DEADLINE,
-              slice_ticks: int = _NO_DEADLINE) -> GuestCall:  # fmt: skip
+    def start(
+        self,
+        entrypoint: str,
+        invocation: Invocation,
+        first_slice: int = _NO_DEADLINE,
+        slice_ticks: int = _NO_DEADLINE,
+        output_limit: int = _NO_LIMIT,
+    ) -> GuestCall:
         """Attach the request's WASI context and start `entrypoint`.
 
         The guest runs `first_slice` epoch ticks on the first poll, then `slice_ticks`
         per poll. The instance belongs to the returned call from now on.
         """
-        output = _OutputFiles.take()
-        problem = self._attach_wasi(invocation, output)
+        output = stdio.capture(self._context, output_limit)
+        problem = self._attach_wasi(invocation)
         names = [entrypoint]
         if self._is_reactor and entrypoint != "_start":
             names.insert(0, "_initialize")  # a reactor is initialised before anything else
@@ -226,9 +246,8 @@ class Instance:
                 problem = problem or f"the module does not export a function `{name}`"
             functions.append(function)
         if problem is None:
-            native.wasmtime_context_epoch_deadline_async_yield_and_update(
-                self._context, slice_ticks
-            )
+            yield_at_deadlines = native.wasmtime_context_epoch_deadline_async_yield_and_update
+            yield_at_deadlines(self._context, slice_ticks)
             native.wasmtime_context_set_epoch_deadline(self._context, first_slice)
         return GuestCall(self, functions, output, problem)
 
@@ -239,28 +258,28 @@ class Instance:
             pass
         return call.finish()
 
-    def _attach_wasi(self, invocation: Invocation, output: _OutputFiles) -> str | None:
+    def _attach_wasi(self, invocation: Invocation) -> str | None:
         config = native.wasi_config_new()
-        argv_keep, argv = native.string_array([a.encode() for a in invocation.argv])
-        native.wasi_config_set_argv(config, len(invocation.argv), argv)
-        names = [name.encode() for name, _ in invocation.env]
-        values = [value.encode() for _, value in invocation.env]
-        env_keep, env = native.string_array(names + values)
-        env_address = ctypes.addressof(env)
-        values_address = env_address + len(names) * ctypes.sizeof(c_void_p)
-        if not native.wasi_config_set_env(config, len(names), env_address, values_address):
-            native.wasi_config_delete(config)
-            return "the environment is not valid UTF-8"
+        argv, env = invocation.argv, invocation.env
+        keep, pointers = native.string_table([*argv, *env, *env.values()])
+        address = ctypes.addressof(pointers)
+        width = ctypes.sizeof(c_void_p)
+        native.wasi_config_set_argv(config, len(argv), address)
+        names_address = address + len(argv) * width
+        values_address = names_address + len(env) * width
+        native.wasi_config_set_env(config, len(env), names_address, values_address)
+        fixed = invocation.fixed_env
+        if fixed is not None:
+            native.wasi_config_set_env(config, fixed.count, fixed.names_address,
+                                       fixed.values_address)  # fmt: skip
         stdin = native.stdin_vector(invocation.stdin)
         native.wasi_config_set_stdin_bytes(config, byref(stdin))
-        native.wasi_config_set_stdout_file(config, output.stdout_path)
-        native.wasi_config_set_stderr_file(config, output.stderr_path)
         for host, guest in invocation.mounts:
             if not native.wasi_config_preopen_dir(config, host.encode(), guest.encode(), False):
                 native.wasi_config_delete(config)
                 return f"cannot mount {host} at {guest}"
         error = native.wasmtime_context_set_wasi(self._context, config)  # takes `config`
-        del argv_keep, env_keep
+        del keep
         return native.error_text(error) if error else None
 
     def _function(self, name: str) -> native.Extern | None:
@@ -279,18 +298,21 @@ class Instance:
     def close(self) -> None:
         """Free the store and everything in it (idempotent)."""
         if self._store:
+            stdio.release(self._context)
             native.wasmtime_store_delete(self._store)
             self._store = 0
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class GuestCall:
     """A guest's entrypoint running as an async call: poll until done, then `finish`."""
 
-    def __init__(self, instance: Instance, functions: list[native.Extern | None],
-                 output: _OutputFiles, problem: str | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        instance: Instance,
+        functions: list[native.Extern | None],
+        output: stdio.Output,
+        problem: str | None,
+    ) -> None:
         self._instance = instance
         self._functions = deque(functions)
         self._output = output
@@ -308,9 +330,15 @@ class GuestCall:
             if self._future is None:
                 function = self._functions.popleft()
                 self._future = native.wasmtime_func_call_async(
-                    self._instance.context, byref(function.of.func), None, 0, None, 0,
-                    byref(self._trap), byref(self._error),
-                )  # fmt: skip
+                    self._instance.context,
+                    byref(function.of.func),
+                    None,
+                    0,
+                    None,
+                    0,
+                    byref(self._trap),
+                    byref(self._error),
+                )
             if not native.wasmtime_call_future_poll(self._future):
                 return False
             native.wasmtime_call_future_delete(self._future)
@@ -333,10 +361,16 @@ class GuestCall:
         self._error.value = self._trap.value = None
 
     def finish(self) -> Outcome:
-        """The outcome of a finished call; frees the instance and the output files."""
-        outcome = Outcome(self._output.read_stdout(), self._output.read_stderr(),
-                          self._exit_code, self._message, self._trap_code)  # fmt: skip
-        self._release()
+        """The outcome of a finished call; frees the instance."""
+        output = self._output
+        outcome = Outcome(
+            b"".join(output.stdout),
+            b"".join(output.stderr),
+            self._exit_code,
+            self._message,
+            self._trap_code,
+        )
+        self._instance.close()
         return outcome
 
     def cancel(self) -> Outcome:
@@ -346,62 +380,7 @@ class GuestCall:
             self._future = None
         return self.finish()
 
-    def stdout_size(self) -> int:
-        """Bytes the guest has written to stdout so far."""
-        return self._output.stdout_size()
-
-    def _release(self) -> None:
-        self._instance.close()
-        self._output.give_back()
-
-
-class _OutputFiles:
-    """A pair of files for one call's stdout and stderr, recycled between calls.
-
-    wasmtime opens the given paths with truncation, so each call starts with empty
-    files. On Linux they are memfds: memory, no disk, nothing to clean up.
-    """
-
-    # Shared by every thread: deque's append and pop are atomic.
-    _free: ClassVar[deque[_OutputFiles]] = deque()
-    # Files that held more than this are emptied on return, so idle memory stays small.
-    _KEEP_BYTES = 1 << 20
-
-    def __init__(self) -> None:
-        self._stdout_fd, self.stdout_path = _anonymous_file("stdout")
-        self._stderr_fd, self.stderr_path = _anonymous_file("stderr")
-
-    @classmethod
-    def take(cls) -> _OutputFiles:
-        try:
-            return cls._free.pop()
-        except IndexError:
-            return cls()
-
-    def give_back(self) -> None:
-        for fd in (self._stdout_fd, self._stderr_fd):
-            if os.fstat(fd).st_size > self._KEEP_BYTES:
-                os.ftruncate(fd, 0)
-        self._free.append(self)
-
-    def stdout_size(self) -> int:
-        return os.fstat(self._stdout_fd).st_size
-
-    def read_stdout(self) -> bytes:
-        return _read_all(self._stdout_fd)
-
-    def read_stderr(self) -> bytes:
-        return _read_all(self._stderr_fd)
-
-
-def _anonymous_file(name: str) -> tuple[int, bytes]:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create(f"wagi-{name}", os.MFD_CLOEXEC)
-        return fd, f"/proc/self/fd/{fd}".encode()
-    fd, path = tempfile.mkstemp(prefix=f"wagi-{name}-")
-    return fd, path.encode()
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
+    @property
+    def output_size(self) -> int:
+        """Bytes the guest has written to stdout and stderr so far."""
+        return self._output.written

@@ -10,8 +10,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cgi
 from .config import Settings
-from .engine import Engine, Invocation, LoadedModule, LoadError, Program
+from .engine import Engine, FixedEnvironment, Invocation, LoadedModule, LoadError, Program
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
 from .mounts import StagedFiles, guest_mounts
@@ -52,6 +53,26 @@ class Handler:
     argv: str
     base_path: str
     origin: str
+    # The environment every request to this route gets, prepared at load.
+    fixed_env: FixedEnvironment
+    # Configured variables that a request's own variables may replace (`HTTP_*`, ...).
+    optional_env: dict[str, str]
+
+
+def make_handler(
+    component: ComponentRuntime,
+    pattern: RoutePattern,
+    entrypoint: str,
+    argv: str,
+    base_path: str,
+    origin: str,
+) -> Handler:
+    """A handler, with the part of its environment that no request changes prepared."""
+    constants = cgi.RouteConstants(pattern.text, pattern.prefix, base_path)
+    fixed, optional = cgi.fixed_environment(constants, component.env)
+    return Handler(
+        component, pattern, entrypoint, argv, base_path, origin, FixedEnvironment(fixed), optional
+    )
 
 
 class LoadedApp:
@@ -152,7 +173,7 @@ def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: st
         pattern = RoutePattern.parse(trigger.route)
     except RouteSyntaxError as error:
         raise ManifestError(trigger.origin, "route", str(error)) from None
-    return Handler(
+    return make_handler(
         components[trigger.component],
         pattern,
         trigger.entrypoint,
@@ -195,7 +216,7 @@ def _declared_routes(parent: Handler) -> list[Handler]:
     name = f"component `{component.id}` ({component.source.name})"
     try:
         outcome = component.program.instantiate().run(
-            "_routes", Invocation(argv=[component.source.name], env=[])
+            "_routes", Invocation(argv=[component.source.name], env={})
         )
     except LoadError as error:
         raise LoadError(f"{parent.origin}: {name}: {error}") from None
@@ -226,6 +247,8 @@ def _declared_routes(parent: Handler) -> list[Handler]:
         except RouteSyntaxError as error:
             raise LoadError(f"{parent.origin}: {name}: `_routes`: {error}") from None
         handlers.append(
-            Handler(component, pattern, entrypoint, parent.argv, parent.base_path, parent.origin)
+            make_handler(
+                component, pattern, entrypoint, parent.argv, parent.base_path, parent.origin
+            )
         )
     return handlers

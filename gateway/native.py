@@ -128,9 +128,12 @@ def use_pooling_allocator(config_address: int, **settings: int) -> None:
     try:
         for name, value in settings.items():
             setter = _declare(
-                _quick, f"wasmtime_pooling_allocation_config_{name}_set", None, _P,
+                _quick,
+                f"wasmtime_pooling_allocation_config_{name}_set",
+                None,
+                _P,
                 _POOLING_SETTINGS[name],
-            )  # fmt: skip
+            )
             setter(pooling, value)
         _pooling_use(config_address, pooling)
     finally:
@@ -173,19 +176,24 @@ def trap_details(trap: int) -> tuple[str, int | None]:
     return take_message(vec), (code.value if has_code else None)
 
 
-def string_array(items: list[bytes]) -> tuple[bytes, ctypes.Array]:
-    """NUL-terminated copies of `items` and an array of pointers to them.
+def string_table(strings: list[str]) -> tuple[bytes, ctypes.Array]:
+    """NUL-terminated UTF-8 copies of `strings` and an array of pointers to them.
 
-    One joined buffer and one pointer array are far cheaper to build than a ctypes
-    `c_char_p` per string. Both returned objects must outlive the C call.
+    One encoded buffer and one pointer array cost far less than a ctypes string per
+    item. Both returned objects must outlive the C calls that use them.
     """
-    blob = b"\x00".join(items) + b"\x00"
+    text = "\x00".join(strings) + "\x00"
+    blob = text.encode()
     base = ctypes.cast(c_char_p(blob), c_void_p).value or 0
-    pointers = (c_void_p * len(items))()
+    if len(blob) == len(text):
+        lengths = map(len, strings)  # ASCII: a character is a byte
+    else:
+        lengths = (len(item.encode()) for item in strings)
+    pointers = (c_void_p * len(strings))()
     offset = base
-    for index, item in enumerate(items):
+    for index, length in enumerate(lengths):
         pointers[index] = offset
-        offset += len(item) + 1
+        offset += length + 1
     return blob, pointers
 
 

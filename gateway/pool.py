@@ -1,15 +1,19 @@
 """Warm instance pools: instances made ahead of time, so no request waits for one.
 
 Each component keeps a few instances ready. A request takes one (a hit) and the pool is
-topped up again in the background; when a burst empties it, the request makes its own
-instance on the spot (a miss): slower, never an error. Every instance serves exactly
-one request.
+topped up again afterwards, off the request's path; when a burst empties it, the request
+makes its own instance on the spot (a miss): slower, never an error. Every instance
+serves exactly one request.
+
+Refills run on the event loop, one instance per callback, between other work. A refill
+thread would have to take the GIL from the event loop for every instance, and measured
+far more expensive than making the instance itself (see docs/performance.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections import deque
 
 from .engine import Instance, LoadError, Program
@@ -25,10 +29,10 @@ class InstancePool:
         self.size = size
         self.name = name
         self._ready: deque[Instance] = deque()
+        self._refill_scheduled = False
         self.hits = 0
         self.misses = 0
         self.closed = False
-        self.queued = False  # waiting for the refiller
 
     def take(self) -> Instance:
         """A ready instance, or a new one if none is ready."""
@@ -40,58 +44,33 @@ class InstancePool:
         self.hits += 1
         return instance
 
-    @property
-    def missing(self) -> int:
-        """How many instances the pool lacks."""
-        return 0 if self.closed else self.size - len(self._ready)
-
     def fill(self) -> None:
-        """Make instances until the pool is full (or closed)."""
-        while self.missing > 0:
-            instance = self.program.instantiate()
-            if self.closed:
-                instance.close()
-                return
-            self._ready.append(instance)
+        """Make instances until the pool is full (at load time)."""
+        while self._missing():
+            self._ready.append(self.program.instantiate())
+
+    def refill_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Top the pool up from the event loop, after the current callback."""
+        if not self._refill_scheduled and self._missing():
+            self._refill_scheduled = True
+            loop.call_soon(self._refill_step, loop)
+
+    def _refill_step(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._refill_scheduled = False
+        if not self._missing():
+            return
+        try:
+            self._ready.append(self.program.instantiate())
+        except LoadError as error:
+            log.error("pool %s: cannot make an instance: %s", self.name, error)
+            return
+        self.refill_soon(loop)
+
+    def _missing(self) -> bool:
+        return not self.closed and len(self._ready) < self.size
 
     def close(self) -> None:
         """Free every ready instance; the pool makes no more."""
         self.closed = True
         while self._ready:
             self._ready.popleft().close()
-
-
-class Refiller:
-    """A background thread that tops up pools after requests take from them."""
-
-    def __init__(self) -> None:
-        self._wanted: deque[InstancePool] = deque()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="pool-refill", daemon=True)
-        self._thread.start()
-
-    def want(self, pool: InstancePool) -> None:
-        """Ask for `pool` to be topped up soon."""
-        if not pool.queued:
-            pool.queued = True
-            self._wanted.append(pool)
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            self._wake.clear()
-            while self._wanted and not self._stopped:
-                pool = self._wanted.popleft()
-                pool.queued = False
-                try:
-                    pool.fill()
-                except LoadError as error:
-                    log.error("pool %s: cannot make an instance: %s", pool.name, error)
-
-    def stop(self) -> None:
-        """Stop the thread (pools already filled stay as they are)."""
-        self._stopped = True
-        self._wake.set()
-        self._thread.join(timeout=5)

@@ -7,13 +7,12 @@ import pytest
 from gateway import cgi
 from gateway.manifest import DEFAULT_ARGV
 
-ROUTE = cgi.RouteInfo(
-    matched_route="/env/...",
-    component_route="/env",
-    script_name="/env",
-    path_info="/foo bar",
-    raw_path_info="/foo%20bar",
-)
+ROUTE = cgi.RouteConstants(matched_route="/env/...", component_route="/env")
+MATCH = cgi.RouteMatch(script_name="/env", path_info="/foo bar", raw_path_info="/foo%20bar")
+
+
+def environment(request, configured=None, route=ROUTE, match=MATCH):
+    return cgi.environment(request, route, match, configured or {})
 
 
 def request(**changes) -> cgi.Request:
@@ -51,7 +50,7 @@ def test_argv_template(template, path, query, expected):
 
 
 def test_every_cgi_variable_of_the_reference():
-    env = cgi.environment(request(), ROUTE, {})
+    env = environment(request())
     assert env == {
         "GATEWAY_INTERFACE": "CGI/1.1",
         "SERVER_SOFTWARE": "WAGI/1",
@@ -82,7 +81,7 @@ def test_every_cgi_variable_of_the_reference():
 
 
 def test_no_body_means_content_length_zero_and_no_content_type():
-    env = cgi.environment(request(method="GET", body_length=0, headers=[]), ROUTE, {})
+    env = environment(request(method="GET", body_length=0, headers=[]))
     assert (env["CONTENT_LENGTH"], env["CONTENT_TYPE"]) == ("0", "")
 
 
@@ -103,13 +102,13 @@ def test_no_body_means_content_length_zero_and_no_content_type():
 )
 def test_server_name_and_port_come_from_host_else_the_listen_address(host, scheme, name, port, url):
     headers = [(b"host", host)] if host else []
-    env = cgi.environment(request(headers=headers, scheme=scheme, query=""), ROUTE, {})
+    env = environment(request(headers=headers, scheme=scheme, query=""))
     assert (env["SERVER_NAME"], env["SERVER_PORT"], env["X_FULL_URL"]) == (name, port, url)
 
 
 def test_https_is_flagged():
-    assert cgi.environment(request(scheme="https"), ROUTE, {})["HTTPS"] == "on"
-    assert "HTTPS" not in cgi.environment(request(), ROUTE, {})
+    assert environment(request(scheme="https"))["HTTPS"] == "on"
+    assert "HTTPS" not in environment(request())
 
 
 def test_headers_become_http_variables_and_repeats_are_joined():
@@ -120,7 +119,7 @@ def test_headers_become_http_variables_and_repeats_are_joined():
         (b"cookie", b"a=1"),
         (b"cookie", b"b=2"),
     ]
-    env = cgi.environment(request(headers=headers), ROUTE, {})
+    env = environment(request(headers=headers))
     assert env["HTTP_X_FORWARDED_FOR"] == "1.1.1.1, 2.2.2.2"  # fix: WAGI keeps only the last
     assert env["HTTP_ACCEPT"] == "text/html"
     assert env["HTTP_COOKIE"] == "a=1; b=2"  # HTTP/2 cookie crumbs rejoin with "; "
@@ -130,26 +129,42 @@ def test_headers_become_http_variables_and_repeats_are_joined():
     "name", [b"proxy", b"authorization", b"proxy-authorization", b"connection", b"Proxy"]
 )
 def test_credentials_and_httpoxy_headers_are_never_passed(name):
-    env = cgi.environment(request(headers=[(name, b"http://evil:8080")]), ROUTE, {})
+    env = environment(request(headers=[(name, b"http://evil:8080")]))
     assert not [key for key in env if key.startswith("HTTP_")]
 
 
 def test_non_utf8_header_values_pass_as_latin1():
-    env = cgi.environment(request(headers=[(b"x-name", "café".encode("latin-1"))]), ROUTE, {})
+    env = environment(request(headers=[(b"x-name", "café".encode("latin-1"))]))
     assert env["HTTP_X_NAME"] == "café"
 
 
-def test_configured_environment_comes_first_and_cannot_override_cgi_variables():
-    base = {"GREETING": "hi", "REQUEST_METHOD": "DELETE", "PATH_INFO": "/etc/passwd"}
-    env = cgi.environment(request(), ROUTE, base)
+def test_configured_variables_cannot_override_cgi_variables():
+    configured = {"GREETING": "hi", "REQUEST_METHOD": "DELETE", "PATH_INFO": "/etc/passwd",
+                  "X_MATCHED_ROUTE": "/forged"}  # fmt: skip
+    env = environment(request(), configured)
     assert env["GREETING"] == "hi"
     assert (env["REQUEST_METHOD"], env["PATH_INFO"]) == ("POST", "/foo bar")
-    assert next(iter(env)) == "GREETING"
+    assert env["X_MATCHED_ROUTE"] == "/env/..."
+
+
+def test_configured_header_variables_apply_only_without_that_header():
+    configured = {"HTTP_X_DEFAULT": "configured", "HTTP_HOST": "configured"}
+    env = environment(request(), configured)
+    assert env["HTTP_X_DEFAULT"] == "configured"
+    assert env["HTTP_HOST"] == "example.com:8080"
+
+
+def test_the_fixed_part_is_the_same_for_every_request_and_never_overlaps():
+    fixed, optional = cgi.fixed_environment(ROUTE, {"A": "1", "HTTP_B": "2", "SCRIPT_NAME": "x"})
+    assert optional == {"HTTP_B": "2"}
+    assert "SCRIPT_NAME" not in fixed
+    assert not set(fixed) & set(cgi.request_environment(request(), MATCH, optional))
 
 
 def test_path_parameters_are_exported():
-    route = cgi.RouteInfo("/users/:id", "/users/:id", "/users/42", "", "", (("id", "42"),))
-    assert cgi.environment(request(), route, {})["X_PATH_MATCH_ID"] == "42"
+    match = cgi.RouteMatch("/users/42", "", "", (("id", "42"),))
+    route = cgi.RouteConstants("/users/:id", "/users/:id")
+    assert environment(request(), route=route, match=match)["X_PATH_MATCH_ID"] == "42"
 
 
 # ---------------------------------------------------------------------------- response

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cgi_guest
 
+from conftest import cgi_guest
 from gateway.engine import Engine, Invocation, LoadError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ def program(engine: Engine, tmp_path: Path, wat: str, name: str = "guest.wat"):
 
 def run(prog, entrypoint="_start", **invocation):
     invocation.setdefault("argv", ["guest"])
-    invocation.setdefault("env", [])
+    invocation.setdefault("env", {})
     return prog.instantiate().run(entrypoint, Invocation(**invocation))
 
 
@@ -59,7 +59,7 @@ def test_each_run_starts_with_empty_output(engine, tmp_path):
 
 def test_argv_environment_and_stdin_reach_the_guest(engine, example_apps):
     prog = engine.link(engine.load(ROOT / "apps" / "env" / "env.wasm").module, "env")
-    outcome = run(prog, argv=["/env", "a=1"], env=[("GREETING", "hé")], stdin=b"the body")
+    outcome = run(prog, argv=["/env", "a=1"], env={"GREETING": "hé"}, stdin=b"the body")
     text = outcome.stdout.decode()
     assert "argv[0]=/env\nargv[1]=a=1\n" in text
     assert "GREETING=hé\n" in text

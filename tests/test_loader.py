@@ -75,7 +75,7 @@ def test_routes_are_joined_onto_the_parent_and_beat_it(tmp_path):
     ],
 )
 def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, trap, message):
-    with pytest.raises(LoadError, match="component `m` \\(m.wat\\)") as caught:
+    with pytest.raises(LoadError, match=r"component `m` \(m.wat\)") as caught:
         load(
             tmp_path,
             '[[module]]\nroute = "/app/..."\nmodule = "m.wat"\n',

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+
 from conftest import ROOT, cgi_guest, run_wagi, wat_string
 
 
