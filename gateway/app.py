@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -183,7 +183,7 @@ def _request_id(scope: Scope) -> str:
             text = value.decode("latin-1")
             if _REQUEST_ID.match(text):
                 return text
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .build import BuildError, build_component, buildable
 from .config import (
     ConfigError,
+    EngineSettings,
     Settings,
     default_cache_dir,
     find_manifest,
@@ -96,6 +96,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--build", action="store_true", help="run the components' build commands first"
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker processes (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--pool-size",
+        type=_non_negative,
+        default=Settings.pool_size,
+        metavar="N",
+        help="instances kept ready per component "
+        "(default: %(default)s; a component's tool.wagi.pool_size wins)",
+    )
+    serve.add_argument(
+        "--max-instances",
+        type=_positive,
+        default=EngineSettings.max_instances,
+        metavar="N",
+        help="instances that may exist at once per worker (default: %(default)s)",
+    )
     _add_log_option(serve)
     serve.set_defaults(run=_serve)
 
@@ -114,6 +136,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_log_option(build)
     build.set_defaults(run=_build)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
 
 
 def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
@@ -163,6 +198,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cache_dir=args.cache_dir,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        workers=args.workers,
+        pool_size=args.pool_size,
+        log_level=args.log_level,
+        engine=EngineSettings(max_instances=args.max_instances),
     )
 
 
@@ -183,6 +222,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _build_all(manifest_path: Path, only: list[str]) -> int:
+    from .build import BuildError, build_component, buildable  # runs subprocesses
+
     manifest = load_manifest(manifest_path, check_sources=False)
     components = buildable(manifest, only)
     if not components:

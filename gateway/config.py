@@ -150,7 +150,9 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Processes serving requests, each with its own event loop and instance pools.
     workers: int = 1
+    log_level: str = "info"
     # Threads that run guests; wasm runs with the GIL released, so one per core.
     guest_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     # Instances kept ready per component (a component's `tool.wagi.pool_size` wins).

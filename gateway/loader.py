@@ -96,6 +96,7 @@ class LoadedApp:
 
 def load_app(manifest: Manifest, settings: Settings, engine: Engine) -> LoadedApp:
     """Compile, link and prepare every component, then build the route table."""
+    _check_capacity(manifest, settings)
     components: dict[str, ComponentRuntime] = {}
     try:
         modules: dict[Path, LoadedModule] = {}
@@ -118,6 +119,20 @@ def load_app(manifest: Manifest, settings: Settings, engine: Engine) -> LoadedAp
     return LoadedApp(manifest, components, routes)
 
 
+def _check_capacity(manifest: Manifest, settings: Settings) -> None:
+    """Pools hold instance slots; leave at least as many again for requests."""
+    pooled = sum(
+        settings.pool_size if c.pool_size is None else c.pool_size
+        for c in manifest.components.values()
+    )
+    slots = settings.engine.max_instances
+    if settings.engine.pooling and pooled * 2 > slots:
+        raise LoadError(
+            f"{manifest.path}: the instance pools hold {pooled} instances, more than half of "
+            f"the {slots} instance slots (--max-instances); raise it or lower pool sizes"
+        )
+
+
 def _prepare(
     component: Component, settings: Settings, engine: Engine, modules: dict[Path, LoadedModule]
 ) -> ComponentRuntime:
@@ -136,6 +151,7 @@ def _prepare(
         pool.fill()
     except LoadError as error:
         raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+    log.info("component %s: %d instances ready", component.id, pool_size)
     staged = StagedFiles(component) if component.files else None
     env = dict(settings.env)
     env.update(component.environment)

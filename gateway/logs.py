@@ -10,11 +10,12 @@ from pathlib import Path
 guest_log = logging.getLogger("wagi.guest")
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", prefix: str = "") -> None:
     """Send the gateway's log to stderr, one readable line per event."""
     handler = logging.StreamHandler(sys.stderr)
+    tag = f"[{prefix}] " if prefix else ""
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

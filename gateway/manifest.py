@@ -7,7 +7,6 @@ gateway only reads the frozen dataclasses this module returns.
 
 from __future__ import annotations
 
-import difflib
 import glob
 import re
 import tomllib
@@ -209,7 +208,7 @@ class _Table:
     def finish(self) -> None:
         for key in self.data:
             if key not in self._seen:
-                hint = difflib.get_close_matches(key, sorted(self._seen), n=1)
+                hint = _close_matches(key, sorted(self._seen), n=1)
                 suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
                 raise self.error(key, f"unknown key{suggestion}")
 
@@ -373,7 +372,7 @@ def _spin_v2_triggers(
 
 
 def _did_you_mean(name: str, known: dict) -> str:
-    hint = difflib.get_close_matches(name, list(known), n=1)
+    hint = _close_matches(name, list(known), n=1)
     return f" (did you mean `{hint[0]}`?)" if hint else ""
 
 
@@ -750,3 +749,9 @@ def _finish(
         base=base,
         private=tuple(private),
     )
+
+
+def _close_matches(word: str, candidates: list[str], n: int) -> list[str]:
+    import difflib  # only on the error path: it is slow to import
+
+    return difflib.get_close_matches(word, candidates, n=n)

@@ -35,8 +35,9 @@ from ctypes import (
 
 from wasmtime import _ffi as ffi
 
-_quick = ctypes.PyDLL(str(ffi.filename))
-_slow = ctypes.CDLL(str(ffi.filename))
+LIBRARY = str(ffi.filename)
+_quick = ctypes.PyDLL(LIBRARY)
+_slow = ctypes.CDLL(LIBRARY)
 
 ByteVec = ffi.wasm_byte_vec_t
 InstanceHandle = ffi.wasmtime_instance_t

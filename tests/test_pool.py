@@ -1,0 +1,102 @@
+"""Instance pools, pool sizes, and serving with several worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+from pathlib import Path
+
+import httpx
+
+from conftest import cgi_guest
+from gateway.engine import Engine, Invocation
+from gateway.pool import InstancePool
+
+HELLO = cgi_guest(b"Content-Type: text/plain\n\nhi\n")
+
+
+def program(tmp_path: Path):
+    path = tmp_path / "guest.wat"
+    path.write_text(HELLO)
+    engine = Engine(tmp_path / "cache")
+    return engine.link(engine.load(path).module, "guest")
+
+
+def test_ready_instances_are_hits_and_an_empty_pool_still_serves(tmp_path):
+    pool = InstancePool(program(tmp_path), size=2, name="guest")
+    pool.fill()
+    instances = [pool.take() for _ in range(5)]
+    assert (pool.hits, pool.misses) == (2, 3)
+    for instance in instances:  # every one of them runs, pooled or not
+        assert instance.run("_start", Invocation(["g"], {})).stdout.endswith(b"hi\n")
+    pool.close()
+
+
+def test_the_pool_is_refilled_from_the_event_loop(tmp_path):
+    pool = InstancePool(program(tmp_path), size=3, name="guest")
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        pool.refill_soon(loop)
+        sizes = []
+        for _ in range(5):
+            await asyncio.sleep(0)
+            sizes.append(len(pool._ready))
+        return sizes
+
+    sizes = asyncio.run(scenario())
+    assert sizes[0] >= 1 and sizes[-1] == 3  # one instance per callback, up to the size
+    pool.close()
+    assert len(pool._ready) == 0
+
+
+def test_a_burst_larger_than_the_pool_is_served_without_errors(serve, tmp_path):
+    (tmp_path / "hello.wat").write_text(HELLO)
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/"\nmodule = "hello.wat"\npool_size = 2\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(32) as threads:
+        statuses = list(threads.map(lambda _: client.get(server.url).status_code, range(200)))
+    assert statuses == [200] * 200
+    assert "component hello: 2 instances ready" in server.log()
+
+
+def test_pool_sizes_come_from_the_flag_and_from_tool_wagi(serve, tmp_path):
+    (tmp_path / "a.wat").write_text(HELLO)
+    (tmp_path / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "p"\n'
+        '[[trigger.http]]\nroute = "/a"\ncomponent = "a"\nexecutor = { type = "wagi" }\n'
+        '[[trigger.http]]\nroute = "/b"\ncomponent = "b"\nexecutor = { type = "wagi" }\n'
+        '[component.a]\nsource = "a.wat"\n[component.a.tool.wagi]\npool_size = 1\n'
+        '[component.b]\nsource = "a.wat"\n'
+    )
+    server = serve("-c", str(tmp_path / "spin.toml"), "--pool-size", "5")
+    log = server.log()
+    assert "component a: 1 instances ready" in log
+    assert "component b: 5 instances ready" in log
+
+
+def test_pools_may_not_take_more_than_half_the_instance_slots(tmp_path):
+    from conftest import run_wagi
+
+    (tmp_path / "a.wat").write_text(HELLO)
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "a.wat"\n')
+    result = run_wagi("serve", "-c", str(tmp_path / "modules.toml"), "--pool-size", "60",
+                      "--max-instances", "100", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert result.returncode == 1
+    assert "the instance pools hold 60 instances, more than half of the 100" in result.stderr
+
+
+def test_workers_share_the_socket_and_compile_once(serve, example_apps):
+    server = serve("-c", str(example_apps), "--workers", "2")
+    with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(16) as threads:
+        responses = list(threads.map(lambda _: client.get(f"{server.url}/hello"), range(300)))
+    assert {r.status_code for r in responses} == {200}
+    log = server.log()
+    assert "for 2 workers" in log  # the supervisor compiled (or found) every module
+    assert log.count("loaded from the compiled cache") == 6  # 3 components x 2 workers
+    assert " compiled in " not in log  # no worker compiled anything itself
+    served_by = set(re.findall(r"\[(worker \d)\] wagi\.access", log))
+    assert served_by == {"worker 1", "worker 2"}, "both workers answered requests"
