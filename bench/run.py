@@ -148,7 +148,7 @@ class Load:
 
 def wrk(url: str, duration: float, connections: int) -> Load:
     output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
@@ -170,9 +170,8 @@ def _percentile(output: str, which: str) -> float:
 
 @dataclass
 class Throughput:
-    """Per target: every round's load; ratios are taken round by round."""
+    """Every round's load per target; ratios are taken round by round."""
 
-    workers: int
     runs: dict[str, list[Load]] = field(default_factory=dict)
 
     def median(self, target: str, attribute: str) -> float:
@@ -184,33 +183,25 @@ class Throughput:
         return statistics.median(a.requests_per_second / b.requests_per_second for a, b in pairs)
 
 
-def throughput(modules: dict[str, Path], workers: int, args: argparse.Namespace) -> Throughput:
+def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput:
+    """Start every server at once, then load them in turn, round after round."""
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-cache-"))
     routes = manifest(modules, ["hello", "env", "page"], OUT / "throughput.toml")
-    ports = {name: free_port() for name in ("A", "B", "C")}
-    servers = {
-        "A": Server("gateway", [WAGI, "serve", "-c", str(routes), "--listen",
-                                f"127.0.0.1:{ports['A']}", "--workers", str(workers),
-                                "--cache-dir", str(cache), "--log-level", "warning"],
-                    ports["A"], "/hello"),
-        "B": Server("plain ASGI", [PYTHON, str(ROOT / "bench/baselines.py"), "plain",
-                                   "--listen", f"127.0.0.1:{ports['B']}",
-                                   "--workers", str(workers)], ports["B"], "/"),
-        "C": Server("CGI", [PYTHON, str(ROOT / "bench/baselines.py"), "cgi", "--listen",
-                            f"127.0.0.1:{ports['C']}", "--workers", str(workers),
-                            "--wasmtime", wasmtime_cli(), "--module",
-                            str(modules["hello.wasm"])], ports["C"], "/"),
-    }  # fmt: skip
-    targets = {
-        "A hello": servers["A"].url("/hello"),
-        "B plain": servers["B"].url("/"),
-        "C cgi hello": servers["C"].url("/"),
-        "A env": servers["A"].url("/env"),
-        "A page": servers["A"].url("/page"),
-    }
-    result = Throughput(workers, {name: [] for name in targets})
+    servers: dict[str, Server] = {}
+    targets: dict[str, str] = {}
     try:
-        for url in targets.values():  # warm up: pools, caches, JIT-free but page cache
+        for workers in args.workers:
+            a, b, c = (_start(kind, workers, routes, cache, modules) for kind in "ABC")
+            servers.update({f"A{workers}": a, f"B{workers}": b, f"C{workers}": c})
+            targets.update({
+                f"A hello, {workers}w": a.url("/hello"),
+                f"B plain, {workers}w": b.url("/"),
+                f"C cgi, {workers}w": c.url("/"),
+                f"A env, {workers}w": a.url("/env"),
+                f"A page, {workers}w": a.url("/page"),
+            })  # fmt: skip
+        result = Throughput({name: [] for name in targets})
+        for url in targets.values():  # warm up
             wrk(url, 1, args.connections)
         for round_number in range(args.rounds):
             order = list(targets.items())
@@ -219,14 +210,29 @@ def throughput(modules: dict[str, Path], workers: int, args: argparse.Namespace)
             for name, url in order:
                 load = wrk(url, args.duration, args.connections)
                 result.runs[name].append(load)
-                print(f"  workers={workers} round {round_number + 1} {name:12} "
-                      f"{load.requests_per_second:9.0f} req/s  p50 {load.p50_ms:6.2f} ms  "
-                      f"p99 {load.p99_ms:6.2f} ms  errors {load.errors}", flush=True)  # fmt: skip
+                print(f"  round {round_number + 1} {name:16} {load.requests_per_second:8.0f} "
+                      f"req/s  p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
+                      f"errors {load.errors}", flush=True)  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()
         shutil.rmtree(cache, ignore_errors=True)
     return result
+
+
+def _start(kind: str, workers: int, routes: Path, cache: Path, modules: dict) -> Server:
+    port = free_port()
+    listen = ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if kind == "A":
+        command = [WAGI, "serve", "-c", str(routes), *listen, "--cache-dir", str(cache),
+                   "--log-level", "warning"]  # fmt: skip
+        return Server(f"gateway, {workers} workers", command, port, "/hello")
+    baselines = [PYTHON, str(ROOT / "bench/baselines.py")]
+    if kind == "B":
+        return Server(f"plain, {workers} workers", [*baselines, "plain", *listen], port, "/")
+    command = [*baselines, "cgi", *listen, "--wasmtime", wasmtime_cli(), "--module",
+               str(modules["hello.wasm"])]  # fmt: skip
+    return Server(f"cgi, {workers} workers", command, port, "/")
 
 
 def cold_start(modules: dict[str, Path], name: str, trials: int) -> tuple[float, float]:
@@ -258,6 +264,17 @@ def _time_to_first_200(routes: Path, cache: Path, path: str) -> float:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait()
+
+
+def import_floor(trials: int) -> float:
+    """Milliseconds for a bare interpreter to import what `wagi serve` cannot do without."""
+    code = "import asyncio, hypercorn.asyncio, hypercorn.config, wasmtime"
+    times = []
+    for _ in range(trials):
+        started = time.perf_counter()
+        subprocess.run([PYTHON, "-c", code], check=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def compile_versus_cache(module: Path, trials: int) -> tuple[float, float]:
@@ -316,45 +333,49 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")  # fmt: skip
 
 
-def report(args: argparse.Namespace, results: list[Throughput], cold: dict, compile_ms: tuple,
+def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms: tuple,
            memory: list[tuple[int, int]]) -> str:  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
         f"Made by `python bench/run.py --duration {args.duration} --rounds {args.rounds} "
-        f"--connections {args.connections}` on {time.strftime('%Y-%m-%d')}, "
-        f"on {machine()}.",
+        f"--connections {args.connections}` on {time.strftime('%Y-%m-%d')}, on {machine()}. "
+        f"Load: `wrk -t2 -c{args.connections} -d{args.duration}s`, every target in turn, "
+        f"{args.rounds} rounds.",
         "",
         "## Throughput and latency",
         "",
-        "Medians over rounds; ratios are the median of each round's ratio.",
+        "Medians over rounds.",
         "",
-        "| workers | target | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "| target | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
     ]
-    for result in results:
-        for target in result.runs:
-            errors = sum(run.errors for run in result.runs[target])
-            rps = result.median(target, "requests_per_second")
-            p50, p99 = result.median(target, "p50_ms"), result.median(target, "p99_ms")
-            lines.append(f"| {result.workers} | {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} "
-                         f"| {errors} |")  # fmt: skip
-    lines += ["", "| workers | A/B (hello vs plain) | A/C (hello vs CGI) |", "|---|---|---|"]
-    for result in results:
-        lines.append(f"| {result.workers} | {result.ratio('A hello', 'B plain'):.2f} | "
-                     f"{result.ratio('A hello', 'C cgi hello'):.1f} |")  # fmt: skip
-    by_workers = {result.workers: result for result in results}
-    if 1 in by_workers and 2 in by_workers:
-        one, two = by_workers[1], by_workers[2]
-        scaling = (two.median("A hello", "requests_per_second")
-                   / one.median("A hello", "requests_per_second"))  # fmt: skip
-        plain = (two.median("B plain", "requests_per_second")
-                 / one.median("B plain", "requests_per_second"))  # fmt: skip
+    for target in result.runs:
+        errors = sum(run.errors for run in result.runs[target])
+        rps = result.median(target, "requests_per_second")
+        p50, p99 = result.median(target, "p50_ms"), result.median(target, "p99_ms")
+        lines.append(f"| {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    lines += [
+        "",
+        "Ratios: the median over rounds of the ratio within each round.",
+        "",
+        "| workers | A/B (hello vs plain ASGI) | A/C (hello vs CGI) |",
+        "|---|---|---|",
+    ]
+    for workers in args.workers:
+        a, b, c = (f"{name}, {workers}w" for name in ("A hello", "B plain", "C cgi"))
+        lines.append(f"| {workers} | {result.ratio(a, b):.2f} | {result.ratio(a, c):.1f} |")
+    if 1 in args.workers and 2 in args.workers:
+        scaling = result.ratio("A hello, 2w", "A hello, 1w")
+        plain = result.ratio("B plain, 2w", "B plain, 1w")
         lines += ["", f"2 workers / 1 worker, hello: {scaling:.2f}x (plain ASGI: {plain:.2f}x)"]
     lines += ["", "## Cold start", "", "Milliseconds from starting `wagi serve` to the first 200.",
               "", "| module | empty cache | warm cache |", "|---|---|---|"]  # fmt: skip
     for name, (empty, warm) in cold.items():
         lines.append(f"| {name} | {empty:.0f} | {warm:.0f} |")
+    lines += ["", f"Of which Python start-up and the imports of asyncio, hypercorn and wasmtime "
+              f"take {args.import_floor:.0f} ms (`python -c 'import asyncio, hypercorn.asyncio, "
+              "hypercorn.config, wasmtime'`)."]  # fmt: skip
     compiled, cached = compile_ms
     lines += ["", f"The large module ({_size(args.large_size)}): compiled in {compiled:.0f} ms, "
               f"loaded from the compiled cache in {cached:.1f} ms ({compiled / cached:.0f}x).",
@@ -374,9 +395,9 @@ def _size(size: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
@@ -385,10 +406,11 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     modules = prepare()
     args.large_size = modules["large"].stat().st_size
-    results = [throughput(modules, workers, args) for workers in args.workers]
+    results = throughput(modules, args)
     print("cold start ...", flush=True)
     cold = {name: cold_start(modules, name, trials=3) for name in ("hello", "large")}
     compile_ms = compile_versus_cache(modules["large"], trials=3)
+    args.import_floor = import_floor(trials=5)
     print("memory ...", flush=True)
     memory = memory_over_requests(modules, args.memory_requests, args)
     text = report(args, results, cold, compile_ms, memory)

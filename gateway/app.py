@@ -112,11 +112,9 @@ class Gateway:
     ) -> tuple[int, int]:
         request = _cgi_request(scope, len(body))
         component = handler.component
-        where = cgi.RouteMatch(match.script_name, match.path_info, match.raw_path_info,
-                               match.params)  # fmt: skip
         invocation = Invocation(
             argv=cgi.argv(handler.argv, request),
-            env=cgi.request_environment(request, where, handler.optional_env),
+            env=cgi.request_environment(request, match, handler.optional_env),
             stdin=body,
             mounts=component.mounts,
             fixed_env=handler.fixed_env,

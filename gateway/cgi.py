@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .manifest import DEFAULT_ARGV
+from .routing import Match
 
 # Request headers never passed to a guest: credentials, and `Proxy`, which would become
 # HTTP_PROXY and redirect the guest's outbound requests (httpoxy, CVE-2016-5385).
@@ -60,23 +61,28 @@ class RouteConstants:
     base_path: str = "/"
 
 
-@dataclass(slots=True)
-class RouteMatch:
-    """Where a request path fell within its route."""
-
-    script_name: str
-    path_info: str
-    raw_path_info: str
-    params: tuple[tuple[str, str], ...] = ()
-
-
 _LINE_BREAK_OR_NUL = re.compile(rb"[\r\n\x00]")
 # Variables that depend on the request. A configured variable can never replace them.
-REQUEST_VARIABLES = frozenset({
-    "SERVER_PROTOCOL", "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "PATH_TRANSLATED",
-    "X_RAW_PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR",
-    "REMOTE_HOST", "X_CLIENT_ADDR", "SERVER_NAME", "SERVER_PORT", "X_FULL_URL", "HTTPS",
-})  # fmt: skip
+REQUEST_VARIABLES = frozenset(
+    {
+        "SERVER_PROTOCOL",
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+        "X_RAW_PATH_INFO",
+        "QUERY_STRING",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "X_CLIENT_ADDR",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "X_FULL_URL",
+        "HTTPS",
+    }
+)
 # Names a request may or may not set (a header, a route parameter, TLS).
 REQUEST_PREFIXES = ("HTTP_", "X_PATH_MATCH_")
 
@@ -103,7 +109,7 @@ def _default_argv(request: Request) -> list[str]:
 
 
 def environment(
-    request: Request, route: RouteConstants, match: RouteMatch, configured: dict[str, str]
+    request: Request, route: RouteConstants, match: Match, configured: dict[str, str]
 ) -> dict[str, str]:
     """The guest's whole environment: configured variables, then CGI ones, which win.
 
@@ -127,22 +133,22 @@ def fixed_environment(
             optional[name] = value
         elif name not in REQUEST_VARIABLES:
             fixed[name] = value
-    fixed.update({
-        "GATEWAY_INTERFACE": "CGI/1.1",
-        "SERVER_SOFTWARE": "WAGI/1",
-        "AUTH_TYPE": "",
-        "REMOTE_USER": "",
-        "X_MATCHED_ROUTE": route.matched_route,
-        "X_COMPONENT_ROUTE": route.component_route,
-        "X_RAW_COMPONENT_ROUTE": route.matched_route,
-        "X_BASE_PATH": route.base_path,
-    })  # fmt: skip
+    fixed.update(
+        {
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_SOFTWARE": "WAGI/1",
+            "AUTH_TYPE": "",
+            "REMOTE_USER": "",
+            "X_MATCHED_ROUTE": route.matched_route,
+            "X_COMPONENT_ROUTE": route.component_route,
+            "X_RAW_COMPONENT_ROUTE": route.matched_route,
+            "X_BASE_PATH": route.base_path,
+        }
+    )
     return fixed, optional
 
 
-def request_environment(
-    request: Request, match: RouteMatch, optional: dict[str, str]
-) -> dict[str, str]:
+def request_environment(request: Request, match: Match, optional: dict[str, str]) -> dict[str, str]:
     """The variables that depend on the request, `HTTP_*` headers included."""
     env, host, content_type = _header_variables(request.headers)
     server_name, server_port = _server_address(request, host)

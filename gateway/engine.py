@@ -275,8 +275,9 @@ class Instance:
         native.wasi_config_set_env(config, len(env), names_address, values_address)
         fixed = invocation.fixed_env
         if fixed is not None:
-            native.wasi_config_set_env(config, fixed.count, fixed.names_address,
-                                       fixed.values_address)  # fmt: skip
+            native.wasi_config_set_env(
+                config, fixed.count, fixed.names_address, fixed.values_address
+            )
         stdin = native.stdin_vector(invocation.stdin)
         native.wasi_config_set_stdin_bytes(config, byref(stdin))
         for host, guest in invocation.mounts:

@@ -101,11 +101,11 @@ class Route(Generic[Target]):
     target: Target
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Match(Generic[Target]):
     """A request path matched to a route, split the CGI way."""
 
-    route: Route[Target]
+    route: Route[Target] | None
     script_name: str
     path_info: str
     raw_path_info: str

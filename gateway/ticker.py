@@ -76,8 +76,7 @@ class EpochTicker:
         self._ticking = threading.Event()
         self._closed = False
         if self._timer is None:
-            thread = threading.Thread(target=self._tick_in_python, daemon=True,
-                                      name="epoch-ticker")  # fmt: skip
+            thread = threading.Thread(target=self._tick_in_python, daemon=True, name="epoch-ticker")
             thread.start()
         atexit.register(self.close)  # no tick may reach an engine that is gone
 

@@ -6,9 +6,10 @@ import pytest
 
 from gateway import cgi
 from gateway.manifest import DEFAULT_ARGV
+from gateway.routing import Match
 
 ROUTE = cgi.RouteConstants(matched_route="/env/...", component_route="/env")
-MATCH = cgi.RouteMatch(script_name="/env", path_info="/foo bar", raw_path_info="/foo%20bar")
+MATCH = Match(None, script_name="/env", path_info="/foo bar", raw_path_info="/foo%20bar")
 
 
 def environment(request, configured=None, route=ROUTE, match=MATCH):
@@ -162,7 +163,7 @@ def test_the_fixed_part_is_the_same_for_every_request_and_never_overlaps():
 
 
 def test_path_parameters_are_exported():
-    match = cgi.RouteMatch("/users/42", "", "", (("id", "42"),))
+    match = Match(None, "/users/42", "", "", (("id", "42"),))
     route = cgi.RouteConstants("/users/:id", "/users/:id")
     assert environment(request(), route=route, match=match)["X_PATH_MATCH_ID"] == "42"
 
