@@ -1,22 +1,28 @@
 """The ASGI app: match a request to a route, run its guest CGI-style, answer with its output.
 
-The request path only reads what the loader prepared. Guests run on worker threads
-(wasm runs with the GIL released), so a slow guest never holds up the event loop.
+The request path only reads what the loader prepared. Every way a request can fail maps
+to one status, a short plain-text body, and one log line carrying the request id (which
+is also sent back in `x-request-id`).
+
+The app answers as soon as the server listens: `/healthz` says the process is alive,
+`/readyz` whether it serves (not while loading, nor while draining before shutdown).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import cgi
 from .config import Settings
-from .engine import Invocation
+from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import Handler, LoadedApp
 from .routing import BadPath, Match, RequestPath
@@ -28,17 +34,50 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
-HEALTH_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
+LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
+READINESS_PATH = "/readyz"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# The status for each way a guest can fail.
+FAILURE_STATUS = {
+    Failure.EXIT: 500,
+    Failure.TRAP: 500,
+    Failure.MEMORY: 500,
+    Failure.START: 500,
+    Failure.OUTPUT: 502,
+    Failure.TIMEOUT: 504,
+    Failure.CANCELLED: 503,
+}
+REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class BodyTooLarge(Exception):
+    """The request body is bigger than the component accepts."""
 
 
 class Gateway:
-    """The ASGI application object; holds the loaded app and the guest threads."""
+    """The ASGI application object: the loaded app, its guests' executor, its state."""
 
-    def __init__(self, settings: Settings, loaded: LoadedApp, executor: Executor) -> None:
+    def __init__(
+        self, settings: Settings, executor: Executor, load: Callable[[], LoadedApp]
+    ) -> None:
         self.settings = settings
-        self.loaded = loaded
         self.executor = executor
+        self._load = load
+        self.loaded: LoadedApp | None = None
+        self.load_error: Exception | None = None
+        self.draining = False
+        self._stop = asyncio.Event()
+        self._loading: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -46,20 +85,50 @@ class Gateway:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
+    # ---------------------------------------------------------------- lifecycle
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._loading = asyncio.create_task(self._load_in_background())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _load_in_background(self) -> None:
+        try:
+            self.loaded = await asyncio.get_running_loop().run_in_executor(None, self._load)
+        except Exception as error:  # reported by the caller of serve, then exit 1
+            self.load_error = error
+            self._stop.set()
+            return
+        log.info("ready: %d routes", len(self.loaded.routes.routes))
+
+    async def until_stopped(self) -> None:
+        """hypercorn's shutdown trigger: returns on SIGTERM or SIGINT, or a failed load."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        await self._stop.wait()
+        # Stop being ready at once, so load balancers stop sending traffic; hypercorn
+        # now stops accepting and lets requests in flight finish.
+        self.draining = True
+        if self.load_error is None:
+            log.info(
+                "draining: finishing requests in flight (for up to %g s)",
+                self.settings.grace_period,
+            )
+
     def close(self) -> None:
         """Stop running guests and release the loaded app."""
         self.executor.close()
-        self.loaded.close()
+        if self.loaded is not None:
+            self.loaded.close()
+
+    # ---------------------------------------------------------------- requests
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id(scope)
@@ -69,27 +138,34 @@ class Gateway:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
             with contextlib.suppress(Exception):
-                await _respond(send, request_id, 500, b"Internal Server Error\n")
+                await _respond(send, request_id, 500)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.perf_counter()
         path = scope["path"]
-        if path in HEALTH_PATHS:
-            await _respond(send, request_id, 200, b"OK\n")
+        if path in LIVENESS_PATHS:
+            await _respond(send, request_id, 200, "OK")
+            return
+        if path == READINESS_PATH:
+            ready = self.loaded is not None and not self.draining
+            await _respond(send, request_id, 200 if ready else 503, "OK" if ready else "not ready")
+            return
+        loaded = self.loaded
+        if loaded is None:
+            await _respond(send, request_id, 503, "the app is still loading", retry=True)
             return
         raw_path = scope.get("raw_path") or path.encode()
         try:
             request_path = RequestPath.parse(raw_path.decode("latin-1"))
         except BadPath as error:
-            await _respond(send, request_id, 400, f"Bad Request: {error}\n".encode())
+            await _respond(send, request_id, 400, str(error))
             return
-        match = self.loaded.routes.match(request_path)
+        match = loaded.routes.match(request_path)
         if match is None:
-            await _respond(send, request_id, 404, b"Not Found\n")
+            await _respond(send, request_id, 404)
             return
-        body = await _read_body(receive)
         handler = match.route.target
-        status, sent = await self._run_guest(scope, match, handler, body, request_id, send)
+        status, sent = await self._serve_route(scope, receive, send, request_id, match, handler)
         access_log.info(
             "%s %s %s %d %d %s %.1fms",
             request_id,
@@ -101,61 +177,105 @@ class Gateway:
             (time.perf_counter() - started) * 1000,
         )
 
-    async def _run_guest(
+    async def _serve_route(
         self,
         scope: Scope,
-        match: Match[Handler],
-        handler: Handler,
-        body: bytes,
-        request_id: str,
+        receive: Receive,
         send: Send,
+        request_id: str,
+        match: Match,
+        handler: Handler,
     ) -> tuple[int, int]:
-        request = _cgi_request(scope, len(body))
         component = handler.component
-        invocation = Invocation(
-            argv=cgi.argv(handler.argv, request),
-            env=cgi.request_environment(request, match, handler.optional_env),
-            stdin=body,
-            mounts=component.mounts,
-            fixed_env=handler.fixed_env,
-        )
-        outcome = await self.executor.run(component.pool, handler.entrypoint, invocation)
-        if outcome.stderr:
-            component.log.write(request_id, outcome.stderr)
-        if not outcome.ok:
-            reason = outcome.error or f"exit code {outcome.exit_code}"
-            log.error(
-                "%s: component %s, route %s: guest failed: %s",
+        limits = component.limits
+
+        def refuse(status: int, reason: str, retry: bool = False) -> Awaitable[int]:
+            log.warning(
+                "%s: %d, component %s, route %s: %s",
                 request_id,
+                status,
                 component.id,
                 handler.pattern.text,
                 reason,
             )
-            return await _respond(send, request_id, 500, b"Internal Server Error\n"), 0
+            return _respond(send, request_id, status, reason, retry=retry)
+
+        if _declared_length(scope) > limits.max_body_size:
+            return await refuse(413, f"the body is larger than {limits.max_body_size} bytes"), 0
+        try:
+            async with asyncio.timeout(self.settings.client_timeout):
+                body = await _read_body(receive, limits.max_body_size)
+        except TimeoutError:
+            return await refuse(408, "the body did not arrive in time"), 0
+        except BodyTooLarge:
+            return await refuse(413, f"the body is larger than {limits.max_body_size} bytes"), 0
+        if body is None:
+            return 499, 0  # the client went away
+        admission = component.admission
+        if not admission.try_enter() and not await admission.enter():
+            return await refuse(503, f"too many requests for {component.id}", retry=True), 0
+        try:
+            outcome = await self.executor.run(
+                component.pool,
+                handler.entrypoint,
+                self._invocation(scope, match, handler, body),
+                limits,
+            )
+        finally:
+            admission.leave()
+        return await self._answer(send, request_id, handler, outcome, scope["method"])
+
+    def _invocation(self, scope: Scope, match: Match, handler: Handler, body: bytes) -> Invocation:
+        request = _cgi_request(scope, len(body))
+        return Invocation(
+            argv=cgi.argv(handler.argv, request),
+            env=cgi.request_environment(request, match, handler.optional_env),
+            stdin=body,
+            mounts=handler.component.mounts,
+            fixed_env=handler.fixed_env,
+        )
+
+    async def _answer(
+        self, send: Send, request_id: str, handler: Handler, outcome: Outcome, method: str
+    ) -> tuple[int, int]:
+        component = handler.component
+        if outcome.stderr:
+            component.log.write(request_id, outcome.stderr)
+        if outcome.failure is not None:
+            status = FAILURE_STATUS[outcome.failure]
+            log.error(
+                "%s: %d, component %s, route %s: %s: %s",
+                request_id,
+                status,
+                component.id,
+                handler.pattern.text,
+                outcome.failure,
+                outcome.error,
+            )
+            return await _respond(send, request_id, status), 0
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
             log.error(
-                "%s: component %s, route %s: %s",
+                "%s: %d, component %s, route %s: %s",
                 request_id,
+                error.status,
                 component.id,
                 handler.pattern.text,
                 error.reason,
             )
-            status = error.status
-            text = b"Bad Gateway\n" if status == 502 else b"Internal Server Error\n"
-            return await _respond(send, request_id, status, text), 0
+            return await _respond(send, request_id, error.status), 0
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
-        body_out = response.body
+        body = response.body
         if response.status in (204, 304):
-            body_out = b""
+            body = b""
         else:
-            headers.append((b"content-length", str(len(body_out)).encode()))
-        if scope["method"] == "HEAD":
-            body_out = b""
+            headers.append((b"content-length", str(len(body)).encode()))
+        if method == "HEAD":
+            body = b""
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body_out})
-        return response.status, len(body_out)
+        await send({"type": "http.response.body", "body": body})
+        return response.status, len(body)
 
 
 def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:
@@ -184,29 +304,43 @@ def _request_id(scope: Scope) -> str:
     return os.urandom(8).hex()
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
-async def _respond(send: Send, request_id: str, status: int, body: bytes) -> int:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
+async def _respond(
+    send: Send, request_id: str, status: int, detail: str = "", retry: bool = False
+) -> int:
+    """A short plain-text answer: the status's reason, then the detail if any."""
+    text = REASONS.get(status, "OK") + (f": {detail}" if detail and status != 200 else "")
+    body = (detail if status == 200 else text).encode() + b"\n"
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if retry:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return status

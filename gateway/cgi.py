@@ -277,8 +277,14 @@ def parse_response(output: bytes) -> Response:
     status: int | None = None
     has_content_type = has_location = False
     headers: list[tuple[bytes, bytes]] = []
-    for line in output[:header_end].split(b"\n"):
-        name, value = _header_line(line.removesuffix(b"\r"))
+    lines = output[:header_end].split(b"\n")
+    crlf = lines[0].endswith(b"\r")
+    for line in lines:
+        if line.endswith(b"\r") != crlf:
+            # A CR that ends one line of an LF block came from inside a value: whatever
+            # follows it would become a header of its own (header injection).
+            raise CgiError(502, "module printed header lines ending in both LF and CRLF")
+        name, value = _header_line(line[:-1] if crlf else line)
         lower = name.lower()
         if lower == b"status":
             status = _status(value)

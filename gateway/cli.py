@@ -9,13 +9,17 @@ from pathlib import Path
 
 from . import __version__
 from .config import (
+    LIMIT_NAMES,
     ConfigError,
     EngineSettings,
+    Limits,
     Settings,
     default_cache_dir,
     find_manifest,
+    parse_duration,
     parse_env_file,
     parse_env_pair,
+    parse_limit,
     parse_listen,
 )
 from .engine import LoadError
@@ -118,6 +122,55 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="instances that may exist at once per worker (default: %(default)s)",
     )
+    limits = serve.add_argument_group(
+        "limits",
+        "Per request; a component may set its own in [component.NAME.tool.wagi] "
+        "(spin.toml) or in its [[module]] (modules.toml), with the same names in snake_case.",
+    )
+    defaults = Limits()
+    limits.add_argument(
+        "--request-timeout",
+        metavar="SECONDS",
+        default=defaults.request_timeout,
+        help="wall-clock time a guest may run; 504 after (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        default=_size(defaults.max_memory),
+        help="linear memory a guest may grow to (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-body-size",
+        metavar="SIZE",
+        default=_size(defaults.max_body_size),
+        help="request body size; 413 beyond (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-output-size",
+        metavar="SIZE",
+        default=_size(defaults.max_output_size),
+        help="stdout and stderr a guest may write; 502 beyond (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-concurrency",
+        metavar="N",
+        default=defaults.max_concurrency,
+        help="guests of one component running at once per worker; more "
+        "wait briefly, then 503 (default: %(default)s, twice the cores)",
+    )
+    limits.add_argument(
+        "--client-timeout",
+        metavar="SECONDS",
+        default=30,
+        help="time a client may take to send its body, or to stay silent (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--grace-period",
+        metavar="SECONDS",
+        default=30,
+        help="on SIGTERM, how long requests in flight may still take (default: %(default)s)",
+    )
     _add_log_option(serve)
     serve.set_defaults(run=_serve)
 
@@ -202,7 +255,34 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         pool_size=args.pool_size,
         log_level=args.log_level,
         engine=EngineSettings(max_instances=args.max_instances),
+        limits=_limits(args),
+        client_timeout=parse_duration(args.client_timeout),
+        grace_period=parse_duration(args.grace_period),
     )
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    values = {}
+    for name in LIMIT_NAMES:
+        try:
+            values[name] = parse_limit(name, _number(getattr(args, name)))
+        except ConfigError as error:
+            raise ConfigError(f"--{name.replace('_', '-')}: {error}") from None
+    return Limits(**values)
+
+
+def _number(text: object) -> object:
+    """Command-line values are text; a limit parser wants numbers as numbers."""
+    if isinstance(text, str) and text.isdigit():
+        return int(text)
+    return text
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -108,6 +109,52 @@ def find_manifest(folder: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request may cost. Global defaults; a component may set its own."""
+
+    # Wall-clock seconds a guest may run (504 after that).
+    request_timeout: float = 30.0
+    # Bytes of linear memory an instance may grow to (its allocations fail beyond).
+    max_memory: int = 256 << 20
+    # Bytes of request body (413 beyond, before the guest runs).
+    max_body_size: int = 10 << 20
+    # Bytes a guest may write to stdout and stderr together (502 beyond).
+    max_output_size: int = 64 << 20
+    # Guests of one component running at once, per worker process: half the guest
+    # threads, so that one slow component leaves the other half to the rest.
+    max_concurrency: int = field(default_factory=lambda: 2 * (os.cpu_count() or 2))
+
+    # A request waits this long, at most, for a free slot of its component (then 503).
+    QUEUE_TIMEOUT = 1.0
+
+    def merged(self, overrides: dict[str, object]) -> Limits:
+        """These limits with a component's own values in place."""
+        return dataclasses.replace(self, **overrides)
+
+
+LIMIT_NAMES = ("request_timeout", "max_memory", "max_body_size", "max_output_size",
+               "max_concurrency")  # fmt: skip
+
+
+def parse_limit(name: str, value: object) -> float | int:
+    """Check one limit's value: a duration, a size, or a count, as its name says."""
+    if name == "request_timeout":
+        if not isinstance(value, int | float | str) or isinstance(value, bool):
+            raise ConfigError(f"expected seconds, got {value!r}")
+        return parse_duration(value)
+    if name == "max_concurrency":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"expected a whole number of at least 1, got {value!r}")
+        return value
+    if not isinstance(value, int | str) or isinstance(value, bool):
+        raise ConfigError(f"expected a size such as 64M, got {value!r}")
+    size = parse_size(value)
+    if size == 0:
+        raise ConfigError("must be more than 0")
+    return size
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """How wasmtime is tuned (see docs/performance.md for the measurements behind these)."""
 
@@ -153,11 +200,17 @@ class Settings:
     # Processes serving requests, each with its own event loop and instance pools.
     workers: int = 1
     log_level: str = "info"
-    # Threads that run guests; wasm runs with the GIL released, so one per core.
-    guest_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    # Threads that run guests past their first slice (wasm runs with the GIL released).
+    # More than the cores, so that slow guests of one component leave room for others.
+    guest_threads: int = field(default_factory=lambda: 4 * (os.cpu_count() or 2))
     # Instances kept ready per component (a component's `tool.wagi.pool_size` wins).
     pool_size: int = 8
     engine: EngineSettings = field(default_factory=EngineSettings)
+    limits: Limits = field(default_factory=Limits)
+    # Seconds a client may take to send its request body, and to send anything at all.
+    client_timeout: float = 30.0
+    # Seconds a SIGTERM waits for requests in flight before the process exits anyway.
+    grace_period: float = 30.0
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -38,6 +38,7 @@ WASI_MODULE = "wasi_snapshot_preview1"
 # Idle instances never run code; this deadline is "never" until a call sets a real one.
 _NO_DEADLINE = 1 << 62
 _NO_LIMIT = 1 << 62
+_WASM_PAGE = 65536
 
 
 class LoadError(Exception):
@@ -51,14 +52,26 @@ class Outcome:
     stdout: bytes
     stderr: bytes
     exit_code: int = 0
-    # Set when the guest did not run to completion: a trap or a host error.
+    # Why the guest did not succeed (one of the Failure names), and in words.
+    failure: str | None = None
     error: str | None = None
-    trap_code: int | None = None
 
     @property
     def ok(self) -> bool:
         """The guest returned from its entrypoint or exited with status 0."""
-        return self.error is None and self.exit_code == 0
+        return self.failure is None
+
+
+class Failure:
+    """Why a guest call failed; each maps to one HTTP status in the app."""
+
+    EXIT = "exit"  # proc_exit with a status other than 0
+    TRAP = "trap"  # the guest trapped (stack overflow, unreachable, ...)
+    MEMORY = "memory"  # it failed with its memory at the limit
+    OUTPUT = "output"  # it wrote more than its output limit
+    TIMEOUT = "timeout"  # it ran past its deadline and was stopped
+    START = "start"  # it could not start (no such entrypoint, WASI setup)
+    CANCELLED = "cancelled"  # stopped because the gateway is shutting down
 
 
 class FixedEnvironment:
@@ -188,6 +201,10 @@ class Program:
         self._instance_pre = instance_pre  # keeps the InstancePre alive
         self._instance_pre_address = native.address(instance_pre)
         self.exports = {item.name: item.type for item in module.exports}
+        # A guest that can sleep inside a host call cannot be interrupted there.
+        self.may_block = any(
+            item.module == WASI_MODULE and item.name == "poll_oneoff" for item in module.imports
+        )
 
     def entrypoint_problem(self, name: str) -> str | None:
         """Why `name` cannot be an entrypoint, or None if it can."""
@@ -198,10 +215,14 @@ class Program:
             return f"export `{name}` is not a function without parameters or results"
         return None
 
-    def instantiate(self) -> Instance:
-        """A fresh store and instance; WASI is attached later, per request."""
+    def instantiate(self, memory_limit: int = -1) -> Instance:
+        """A fresh store and instance; WASI is attached later, per request.
+
+        `memory_limit` caps the instance's linear memory: growing past it fails.
+        """
         store = native.wasmtime_store_new(self.engine.address, None, None)
         context = native.wasmtime_store_context(store)
+        native.wasmtime_store_limiter(store, memory_limit, -1, -1, -1, -1)
         native.wasmtime_context_set_epoch_deadline(context, _NO_DEADLINE)
         handle = native.InstanceHandle()
         trap = c_void_p()
@@ -212,19 +233,34 @@ class Program:
             native.wasmtime_store_delete(store)
             reason = native.error_text(error) if error else native.trap_details(trap.value)[0]
             raise LoadError(f"cannot instantiate: {reason}")
-        return Instance(store, context, handle, "_initialize" in self.exports)
+        return Instance(store, context, handle, "_initialize" in self.exports, memory_limit)
+
+
+def _one_line(message: str) -> str:
+    """wasmtime's errors run over several lines (a backtrace, then the cause): keep the
+    cause, for log lines that stay lines."""
+    head, _, cause = message.partition("Caused by:")
+    text = cause if cause.strip() else head
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) if cause.strip() else (lines[0] if lines else message)
 
 
 class Instance:
     """One store and instance, used for exactly one call and then closed."""
 
     def __init__(
-        self, store: int, context: int, handle: native.InstanceHandle, is_reactor: bool
+        self,
+        store: int,
+        context: int,
+        handle: native.InstanceHandle,
+        is_reactor: bool,
+        memory_limit: int = -1,
     ) -> None:
         self._store = store
         self._context = context
         self._handle = handle
         self._is_reactor = is_reactor
+        self.memory_limit = memory_limit
 
     def start(
         self,
@@ -301,6 +337,16 @@ class Instance:
         """The store's context pointer."""
         return self._context
 
+    def memory_size(self) -> int:
+        """Bytes of linear memory the instance has now (0 if it exports none)."""
+        memory = native.Extern()
+        found = native.wasmtime_instance_export_get(
+            self._context, byref(self._handle), b"memory", 6, byref(memory)
+        )
+        if not found or memory.kind != native.EXTERN_MEMORY:
+            return 0
+        return native.wasmtime_memory_data_size(self._context, byref(memory.of.memory))
+
     def close(self) -> None:
         """Free the store and everything in it (idempotent)."""
         if self._store:
@@ -327,7 +373,7 @@ class GuestCall:
         self._error = c_void_p()
         self._exit_code = 0
         self._message = problem
-        self._trap_code: int | None = None
+        self._failure = Failure.START if problem else None
         self.done = problem is not None
 
     def poll(self) -> bool:
@@ -350,21 +396,39 @@ class GuestCall:
             native.wasmtime_call_future_delete(self._future)
             self._future = None
             self._collect_result()
-            self.done = self._message is not None or self._exit_code != 0 or not self._functions
+            self.done = self._failure is not None or not self._functions
         return True
 
     def _collect_result(self) -> None:
         if self._error.value:
             status = native.exit_status(self._error.value)
             if status is None:
-                self._message = native.error_text(self._error.value)
+                self._fail(Failure.TRAP, native.error_text(self._error.value))
             else:
                 native.wasmtime_error_delete(self._error.value)
                 self._exit_code = status
                 self._functions.clear()  # proc_exit ends the program, even exit(0)
+                if status != 0:
+                    self._fail(Failure.EXIT, f"exit status {status}")
         elif self._trap.value:
-            self._message, self._trap_code = native.trap_details(self._trap.value)
+            message, code = native.trap_details(self._trap.value)
+            if code == native.TRAP_CODE_STACK_OVERFLOW:
+                message = "stack overflow (the guest recursed too deeply)"
+            self._fail(Failure.TRAP, message)
         self._error.value = self._trap.value = None
+
+    def _fail(self, failure: str, message: str) -> None:
+        message = _one_line(message)
+        limit = self._instance.memory_limit
+        size = self._instance.memory_size() if limit > 0 else 0
+        if self._output.exceeded:
+            failure, message = Failure.OUTPUT, self._output.exceeded
+        elif limit > 0 and size + max(limit // 8, _WASM_PAGE) > limit:
+            # wasmtime does not say when it refused to grow a memory; a guest that fails
+            # this close to its limit most likely ran out.
+            failure = Failure.MEMORY
+            message = f"{message}, with memory at its limit ({size >> 10} of {limit >> 10} KiB)"
+        self._failure, self._message = failure, message
 
     def finish(self) -> Outcome:
         """The outcome of a finished call; frees the instance."""
@@ -373,17 +437,18 @@ class GuestCall:
             b"".join(output.stdout),
             b"".join(output.stderr),
             self._exit_code,
+            self._failure,
             self._message,
-            self._trap_code,
         )
         self._instance.close()
         return outcome
 
-    def cancel(self) -> Outcome:
+    def cancel(self, failure: str, message: str) -> Outcome:
         """Drop a call that has not finished (the guest never runs again)."""
         if self._future is not None:
             native.wasmtime_call_future_delete(self._future)
             self._future = None
+        self._failure, self._message = failure, message
         return self.finish()
 
     @property

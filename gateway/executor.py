@@ -2,10 +2,15 @@
 
 Most guests finish in well under a millisecond, and handing each request to a thread
 costs more than that in CPython (the GIL has to travel twice). So a guest starts right
-on the event loop, with an epoch deadline one tick away; if it is still running when
-the tick comes, it yields, and a worker thread polls it from then on. A slow guest thus
-holds up the event loop for at most one tick, and runs in parallel with everything else
-after that (wasm runs with the GIL released).
+on the event loop, with an epoch deadline a tick or two away; if it is still running
+when the deadline comes, it yields, and a worker thread polls it from then on. A slow
+guest thus holds up the event loop for at most one slice, and runs in parallel with
+everything else after that (wasm runs with the GIL released).
+
+Epoch deadlines cannot interrupt a guest inside a host call. The only WASI call that
+can block for long is `poll_oneoff` (sleeping), so a module that imports it always runs
+on a worker thread; and the event loop answers at the request's deadline whether or not
+that thread has got the guest back yet.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 
-from .engine import Engine, GuestCall, Invocation, LoadError, Outcome
+from .config import Limits
+from .engine import Engine, Failure, GuestCall, Invocation, LoadError, Outcome
 from .pool import InstancePool
 from .ticker import EpochTicker
 
@@ -39,49 +46,61 @@ class Executor:
         for thread in self._threads:
             thread.start()
 
-    async def run(self, pool: InstancePool, entrypoint: str, invocation: Invocation) -> Outcome:
-        """Run one request's guest and return what it produced."""
+    async def run(
+        self, pool: InstancePool, entrypoint: str, invocation: Invocation, limits: Limits
+    ) -> Outcome:
+        """Run one request's guest within `limits`; return what it produced."""
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + limits.request_timeout
         try:
             instance = pool.take()
         except LoadError as error:
-            return Outcome(b"", b"", error=str(error))
+            return Outcome(b"", b"", failure=Failure.START, error=str(error))
         pool.refill_soon(loop)
-        call = instance.start(entrypoint, invocation, self._first_slice, self._slice)
+        call = instance.start(
+            entrypoint, invocation, self._first_slice, self._slice, limits.max_output_size
+        )
         if not self.ticker.armed:
             loop.call_later(EpochTicker.LINGER, self._disarm_when_idle, loop)
         self.ticker.guest_started()
-        if call.poll():
+        if not pool.program.may_block and call.poll():
             self.ticker.guest_stopped()
             return call.finish()
         future = loop.create_future()
-        self._calls.put((call, loop, future))
-        return await future
+        self._calls.put((call, loop, future, deadline, limits.request_timeout))
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            # The worker thread drops the guest as soon as it has it back.
+            return _timed_out(limits.request_timeout)
 
     def _worker(self) -> None:
         while True:
             item = self._calls.get()
             if item is None:
                 return
-            call, loop, future = item
+            call, loop, future, deadline, timeout = item
             try:
-                outcome = self._finish(call)
+                outcome = self._finish(call, deadline, timeout)
             finally:
                 self.ticker.guest_stopped()
             loop.call_soon_threadsafe(_resolve, future, outcome)
+
+    def _finish(self, call: GuestCall, deadline: float, timeout: float) -> Outcome:
+        while not call.poll():
+            if time.monotonic() > deadline:
+                return call.cancel(Failure.TIMEOUT, _timed_out(timeout).error)
+            if self._stopped.is_set():
+                return call.cancel(Failure.CANCELLED, "the gateway is shutting down")
+        return call.finish()
 
     def _disarm_when_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.ticker.disarm_if_idle():
             loop.call_later(EpochTicker.LINGER, self._disarm_when_idle, loop)
 
-    def _finish(self, call: GuestCall) -> Outcome:
-        while not call.poll():
-            if self._stopped.is_set():
-                return call.cancel()
-        return call.finish()
-
     def close(self) -> None:
-        """Stop the threads; calls still running are dropped."""
+        """Stop the threads; guests still running are dropped."""
         self._stopped.set()
         for _ in self._threads:
             self._calls.put(None)
@@ -90,6 +109,12 @@ class Executor:
         self.ticker.close()
 
 
+def _timed_out(timeout: float) -> Outcome:
+    return Outcome(
+        b"", b"", failure=Failure.TIMEOUT, error=f"ran longer than its limit of {timeout:g} s"
+    )
+
+
 def _resolve(future: asyncio.Future, outcome: Outcome) -> None:
-    if not future.done():  # the request may have been cancelled meanwhile
+    if not future.done():  # the request may have been answered or cancelled meanwhile
         future.set_result(outcome)

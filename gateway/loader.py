@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cgi
-from .config import Settings
+from .admission import Admission
+from .config import Limits, Settings
 from .engine import Engine, FixedEnvironment, Invocation, LoadedModule, LoadError, Program
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
@@ -30,6 +31,8 @@ class ComponentRuntime:
     source: Path
     program: Program
     pool: InstancePool
+    limits: Limits
+    admission: Admission
     env: dict[str, str]
     mounts: list[tuple[str, str]]
     log: ComponentLog
@@ -145,13 +148,20 @@ def _prepare(
         )
     except LoadError as error:
         raise LoadError(f"{component.origin}: {error}") from None
+    limits = settings.limits.merged(component.limits)
+    if settings.engine.pooling and limits.max_memory > settings.engine.instance_memory:
+        raise LoadError(
+            f"{component.origin}: component `{component.id}`: max_memory {limits.max_memory} "
+            f"is more than an instance slot holds ({settings.engine.instance_memory} bytes)"
+        )
     pool_size = settings.pool_size if component.pool_size is None else component.pool_size
-    pool = InstancePool(program, pool_size, component.id)
+    pool = InstancePool(program, pool_size, component.id, limits.max_memory)
     try:
         pool.fill()
     except LoadError as error:
         raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
     log.info("component %s: %d instances ready", component.id, pool_size)
+    admission = Admission(limits.max_concurrency, limits.max_concurrency, Limits.QUEUE_TIMEOUT)
     staged = StagedFiles(component) if component.files else None
     env = dict(settings.env)
     env.update(component.environment)
@@ -160,6 +170,8 @@ def _prepare(
         source=component.source,
         program=program,
         pool=pool,
+        limits=limits,
+        admission=admission,
         env=env,
         mounts=guest_mounts(component, staged),
         log=ComponentLog(settings.log_dir, component.id),

@@ -11,10 +11,11 @@ import glob
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import LIMIT_NAMES, ConfigError, parse_limit
 from .tomlkeys import KeyLines, KeyPath
 
 DEFAULT_ARGV = "${SCRIPT_NAME} ${ARGS}"
@@ -73,6 +74,8 @@ class Component:
     build: Build | None = None
     # Gateway settings (`[component.NAME.tool.wagi]`, or keys of a WAGI `[[module]]`).
     pool_size: int | None = None
+    # Limits this component sets for itself (the others come from the command line).
+    limits: dict[str, float | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,12 +192,16 @@ class _Table:
         return tuple(items)
 
     def string_table(self, key: str) -> tuple[tuple[str, str], ...]:
+        """A table of environment variables: string names and string values."""
         table = self.take(key, dict, default={})
         for name, value in table.items():
+            where = (*self.path(key), name)
             if not isinstance(value, str):
-                raise self.ctx.error(
-                    (*self.path(key), name), f"value must be a string, got {_describe(value)}"
-                )
+                raise self.ctx.error(where, f"value must be a string, got {_describe(value)}")
+            if not name or "=" in name or "\x00" in name:
+                raise self.ctx.error(where, "a variable name must not be empty or hold `=` or NUL")
+            if "\x00" in value:
+                raise self.ctx.error(where, "a value must not hold a NUL character")
         return tuple(table.items())
 
     def sub(self, key: str, *, required: bool = False) -> _Table | None:
@@ -511,6 +518,15 @@ def _gateway_options(table: _Table) -> dict[str, Any]:
         if pool_size < 0:
             raise table.error("pool_size", "must be 0 or more")
         options["pool_size"] = pool_size
+    limits = {}
+    for name in LIMIT_NAMES:
+        if table.has(name):
+            try:
+                limits[name] = parse_limit(name, table.raw(name))
+            except ConfigError as error:
+                raise table.error(name, str(error)) from None
+    if limits:
+        options["limits"] = limits
     table.finish()
     return options
 

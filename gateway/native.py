@@ -43,6 +43,7 @@ ByteVec = ffi.wasm_byte_vec_t
 InstanceHandle = ffi.wasmtime_instance_t
 Extern = ffi.wasmtime_extern_t
 EXTERN_FUNC = 0
+EXTERN_MEMORY = 3
 TRAP_CODE_STACK_OVERFLOW = 0
 TRAP_CODE_INTERRUPT = 10
 
@@ -83,6 +84,7 @@ wasmtime_instance_pre_instantiate = _declare(_quick, "wasmtime_instance_pre_inst
                                              _P, _P, _P)
 wasmtime_instance_export_get = _declare(_quick, "wasmtime_instance_export_get", c_bool, _P, _P,
                                         c_char_p, c_size_t, _P)
+wasmtime_memory_data_size = _declare(_quick, "wasmtime_memory_data_size", c_size_t, _P, _P)
 
 # Running guest code. A call is started as a future and polled: each poll runs the guest
 # until it finishes or yields at an epoch deadline, with the GIL released.

@@ -24,10 +24,11 @@ log = logging.getLogger("wagi.pool")
 class InstancePool:
     """Ready instances of one program."""
 
-    def __init__(self, program: Program, size: int, name: str) -> None:
+    def __init__(self, program: Program, size: int, name: str, memory_limit: int = -1) -> None:
         self.program = program
         self.size = size
         self.name = name
+        self.memory_limit = memory_limit
         self._ready: deque[Instance] = deque()
         self._refill_scheduled = False
         self.hits = 0
@@ -40,14 +41,14 @@ class InstancePool:
             instance = self._ready.popleft()
         except IndexError:
             self.misses += 1
-            return self.program.instantiate()
+            return self.program.instantiate(self.memory_limit)
         self.hits += 1
         return instance
 
     def fill(self) -> None:
         """Make instances until the pool is full (at load time)."""
         while self._missing():
-            self._ready.append(self.program.instantiate())
+            self._ready.append(self.program.instantiate(self.memory_limit))
 
     def refill_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Top the pool up from the event loop, after the current callback."""
@@ -60,7 +61,7 @@ class InstancePool:
         if not self._missing():
             return
         try:
-            self._ready.append(self.program.instantiate())
+            self._ready.append(self.program.instantiate(self.memory_limit))
         except LoadError as error:
             log.error("pool %s: cannot make an instance: %s", self.name, error)
             return

@@ -12,24 +12,28 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import hypercorn.asyncio
 import hypercorn.config
 
 from .app import Gateway
-from .config import Settings
-from .engine import Engine
+from .config import ConfigError, Settings
+from .engine import Engine, LoadError
 from .executor import Executor
 from .loader import load_app
 from .logs import setup_logging
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, ManifestError, load_manifest
 
 if TYPE_CHECKING:
     import multiprocessing
 
 log = logging.getLogger("wagi")
+
+
+# The request line and headers together may not exceed this (431 beyond).
+MAX_HEAD_SIZE = 16 * 1024
 
 
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -38,6 +42,11 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.bind = [settings.listen]
     config.accesslog = None  # the gateway writes its own access log
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.h11_max_incomplete_size = MAX_HEAD_SIZE
+    config.h2_max_header_list_size = MAX_HEAD_SIZE
+    # A client that sends nothing for this long is disconnected.
+    config.read_timeout = max(1, round(settings.client_timeout))
+    config.graceful_timeout = settings.grace_period
     if settings.tls_cert is not None:
         config.certfile = str(settings.tls_cert)
         config.keyfile = str(settings.tls_key)
@@ -49,10 +58,13 @@ def serve(settings: Settings) -> None:
     if settings.workers <= 1:
         _serve_in_process(settings)
         return
-    manifest = _compile_everything(settings)
+    manifest = _load_once(settings)
     _announce(settings, manifest)
     sockets = listening_sockets(hypercorn_config(settings))
-    Supervisor(settings.workers, _worker_main, sockets, (settings,)).run()
+    supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
+    supervisor.run()
+    if supervisor.failed:
+        raise LoadError("the workers could not start; see the log above")
 
 
 def listening_sockets(config: hypercorn.config.Config) -> list[socket.socket]:
@@ -62,44 +74,50 @@ def listening_sockets(config: hypercorn.config.Config) -> list[socket.socket]:
 
 
 def serve_on(
-    app: object, config: hypercorn.config.Config, sockets: list[socket.socket] | None
+    app: object,
+    config: hypercorn.config.Config,
+    sockets: list[socket.socket] | None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve an ASGI app with hypercorn, on `sockets` if given, else on `config.bind`."""
     if sockets is not None:
         # hypercorn binds `fd://N` as given: the sockets the supervisor opened.
         config.bind = [f"fd://{sock.detach()}" for sock in sockets]
-    asyncio.run(hypercorn.asyncio.serve(app, config))
+    asyncio.run(hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger))
 
 
 def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
-    engine = Engine(settings.cache_dir, settings.engine)
-    loaded = load_app(load_manifest(settings.manifest), settings, engine)
+    """Serve in this process. The server listens at once and loads the app meanwhile."""
+    manifest = load_manifest(settings.manifest)  # a broken manifest fails before listening
     if sockets is None:
-        _announce(settings, loaded.manifest)
-    gateway = Gateway(settings, loaded, Executor(engine, settings.guest_threads))
-    serve_on(gateway, hypercorn_config(settings), sockets)
+        _announce(settings, manifest)
+    engine = Engine(settings.cache_dir, settings.engine)
+    gateway = Gateway(
+        settings,
+        Executor(engine, settings.guest_threads),
+        lambda: load_app(manifest, settings, engine),
+    )
+    serve_on(gateway, hypercorn_config(settings), sockets, gateway.until_stopped)
+    if gateway.load_error is not None:
+        raise gateway.load_error
 
 
-def _compile_everything(settings: Settings) -> Manifest:
-    """Fill the compiled cache before the workers start, so none of them compiles."""
+def _load_once(settings: Settings) -> Manifest:
+    """Load the whole app once before the workers start: every error shows here, and
+    every module lands in the compiled cache, so no worker compiles."""
     manifest = load_manifest(settings.manifest)
     engine = Engine(settings.cache_dir, settings.engine)
-    for source in dict.fromkeys(c.source for c in manifest.components.values()):
-        loaded = engine.load(source)
-        how = "found in the compiled cache" if loaded.from_cache else "compiled"
-        log.info(
-            "%s %s for %d workers (%.1f ms)",
-            source.name,
-            how,
-            settings.workers,
-            loaded.seconds * 1000,
-        )
+    load_app(manifest, settings, engine).close()
     return manifest
 
 
 def _worker_main(number: int, sockets: list[socket.socket], settings: Settings) -> None:
     setup_logging(settings.log_level, prefix=f"worker {number}")
-    _serve_in_process(settings, sockets)
+    try:
+        _serve_in_process(settings, sockets)
+    except (ConfigError, ManifestError, LoadError) as error:
+        log.error("%s", error)
+        raise SystemExit(1) from None
 
 
 class Supervisor:
@@ -107,6 +125,11 @@ class Supervisor:
 
     Each worker runs `target(number, sockets, *args)` in a fresh (spawned) interpreter.
     """
+
+    # A worker that dies this soon after starting, this many times in a row, is not
+    # started again: the problem will not go away by itself.
+    QUICK_DEATH = 5.0
+    GIVE_UP_AFTER = 3
 
     def __init__(
         self,
@@ -123,7 +146,10 @@ class Supervisor:
         self.args = args
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, multiprocessing.Process] = {}
+        self.started: dict[int, float] = {}
+        self.quick_deaths = 0
         self.stopping = False
+        self.failed = False
 
     def run(self) -> None:
         """Run the workers until a signal stops them all."""
@@ -147,11 +173,21 @@ class Supervisor:
         )
         worker.start()
         self.workers[number] = worker
+        self.started[number] = time.monotonic()
 
     def _reap(self, number: int, worker: multiprocessing.Process) -> None:
         worker.join()
         del self.workers[number]
         if self.stopping:
+            return
+        lived = time.monotonic() - self.started[number]
+        self.quick_deaths = self.quick_deaths + 1 if lived < self.QUICK_DEATH else 0
+        if self.quick_deaths >= self.GIVE_UP_AFTER:
+            log.error(
+                "workers keep exiting as they start (last status %s); stopping", worker.exitcode
+            )
+            self.failed = True
+            self._stop(signal.SIGTERM, None)
             return
         log.error("worker %d exited with status %s; starting a new one", number, worker.exitcode)
         time.sleep(0.5)  # do not spin if workers die at start

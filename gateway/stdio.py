@@ -41,7 +41,7 @@ _context_get_data = native._declare(native._quick, "wasmtime_context_get_data", 
 _context_set_data = native._declare(native._quick, "wasmtime_context_set_data", None, _P, _P)
 _memory_data = native._declare(native._quick, "wasmtime_memory_data", POINTER(ctypes.c_ubyte),
                                _P, _P)
-_memory_data_size = native._declare(native._quick, "wasmtime_memory_data_size", c_size_t, _P, _P)
+_memory_data_size = native.wasmtime_memory_data_size
 _trap_new = native._declare(native._quick, "wasmtime_trap_new", _P, c_char_p, c_size_t)
 # fmt: on
 
@@ -53,20 +53,23 @@ class OutputLimitExceeded(Exception):
 class Output:
     """What one guest call wrote to stdout and stderr."""
 
-    __slots__ = ("limit", "memory", "stderr", "stdout", "written")
+    __slots__ = ("exceeded", "limit", "memory", "stderr", "stdout", "written")
 
     def __init__(self, limit: int) -> None:
         self.stdout: list[bytes] = []
         self.stderr: list[bytes] = []
         self.written = 0
         self.limit = limit
+        # Set, to say so, once the guest tried to write past the limit.
+        self.exceeded: str | None = None
         # The guest's exported memory, looked up at its first write.
         self.memory: native.Extern | None = None
 
     def take(self, fd: int, data: bytes) -> None:
+        if self.written + len(data) > self.limit:
+            self.exceeded = f"the guest wrote more than its limit of {self.limit} bytes of output"
+            raise OutputLimitExceeded(self.exceeded)
         self.written += len(data)
-        if self.written > self.limit:
-            raise OutputLimitExceeded(f"the guest wrote more than {self.limit} bytes of output")
         (self.stdout if fd == 1 else self.stderr).append(data)
 
 

@@ -105,7 +105,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"wagi serve exited {self.process.returncode}:\n{self.log()}")
             try:
-                response = httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify or True)
+                response = httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify or True)
                 if response.status_code == 200:
                     return
             except httpx.TransportError:

@@ -43,7 +43,7 @@ def test_exit_zero_is_success(engine, tmp_path):
 def test_non_zero_exit_is_reported_with_its_output(engine, tmp_path):
     outcome = run(program(engine, tmp_path, cgi_guest(b"partial", exit_code=3)))
     assert not outcome.ok
-    assert (outcome.exit_code, outcome.error, outcome.stdout) == (3, None, b"partial")
+    assert (outcome.exit_code, outcome.failure, outcome.stdout) == (3, "exit", b"partial")
 
 
 def test_a_trap_is_reported(engine, tmp_path):

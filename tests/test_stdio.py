@@ -92,7 +92,8 @@ def test_output_beyond_the_limit_traps_the_guest(engine, tmp_path):
     wat = fd_write_guest(1, 0, 1, 200)
     outcome = run_wat(engine, tmp_path, wat, output_limit=3)
     assert not outcome.ok
-    assert "wrote more than 3 bytes" in outcome.error
+    assert outcome.failure == "output"
+    assert "wrote more than its limit of 3 bytes" in outcome.error
     assert outcome.stdout == b""
 
 

@@ -1,0 +1,206 @@
+"""Hostile guests: each gets its honest status, and the rest of the gateway keeps serving."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import cgi_guest
+
+WRITE = (
+    '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
+)
+
+GUESTS = {
+    "hello": cgi_guest(b"Content-Type: text/plain\n\nhello\n"),
+    # Runs forever: stopped at the request timeout.
+    "spin": '(module (func (export "_start") (loop $forever (br $forever))))',
+    # Grows its memory until that fails, then traps, as a failed malloc would end.
+    "bomb": """
+    (module (memory (export "memory") 1)
+      (func (export "_start")
+        (loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+        unreachable))""",
+    # Writes 64 KiB chunks forever, header first.
+    "flood": f"""
+    (module {WRITE} (memory (export "memory") 2)
+      (data (i32.const 64) "Content-Type: text/plain\\n\\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 26))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (i32.store (i32.const 0) (i32.const 65536)) (i32.store (i32.const 4) (i32.const 65536))
+        (loop $more
+          (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (br $more))))""",
+    # Recurses without end.
+    "deep": '(module (func $f (export "_start") (call $f)))',
+    "exits3": cgi_guest(b"Content-Type: text/plain\n\nbye", exit_code=3),
+    # Echoes a cookie value holding CR LF: what follows would become a header of its own.
+    "inject": cgi_guest(b"Content-Type: text/plain\nSet-Cookie: a=b\r\nX-Injected: 1\n\nhi"),
+    "noheader": cgi_guest(b"no header block, just text\n"),
+    # Sleeps 10 s inside WASI's poll_oneoff, where epoch deadlines cannot reach.
+    "sleeper": """
+    (module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i64.store (i32.const 24) (i64.const 10000000000))
+        (drop (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))))""",
+}
+
+# guest -> (status, what its log line says)
+EXPECTED = {
+    "spin": (504, "timeout: ran longer than its limit of 1 s"),
+    "bomb": (500, "memory at its limit"),
+    "flood": (502, "output: the guest wrote more than its limit of 1048576 bytes"),
+    "deep": (500, "stack overflow"),
+    "exits3": (500, "exit: exit status 3"),
+    "inject": (502, "header lines ending in both LF and CRLF"),
+    "noheader": (500, "module printed no CGI header block"),
+    "sleeper": (504, "timeout: ran longer than its limit of 1 s"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    manifest = "".join(f'[[module]]\nroute = "/{name}"\nmodule = "{name}.wat"\n\n'
+                       for name in GUESTS)  # fmt: skip
+    for name, wat in GUESTS.items():
+        (folder / f"{name}.wat").write_text(wat)
+    (folder / "modules.toml").write_text(manifest)
+    from conftest import Server
+
+    server = Server(["-c", str(folder / "modules.toml"), "--cache-dir", str(folder / "cache"),
+                     "--request-timeout", "1", "--max-memory", "32M",
+                     "--max-output-size", "1M"], folder, folder / "server.log")  # fmt: skip
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def hello_latencies(server, while_running: concurrent.futures.Future) -> list[float]:
+    """Ask for hello again and again while `while_running` is not done; each latency."""
+    latencies = []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        while not while_running.done() or len(latencies) < 3:
+            started = time.monotonic()
+            response = client.get("/hello")
+            latencies.append(time.monotonic() - started)
+            assert response.text == "hello\n"
+            if len(latencies) > 200:
+                break
+    return latencies
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_hostile_guest_gets_its_status_while_others_are_served(hostile, name):
+    status, logged = EXPECTED[name]
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        started = time.monotonic()
+        attack = thread.submit(httpx.get, f"{hostile.url}/{name}", timeout=30)
+        latencies = hello_latencies(hostile, attack)
+        response = attack.result()
+        took = time.monotonic() - started
+    assert response.status_code == status
+    assert response.text.startswith({500: "Internal Server Error", 502: "Bad Gateway",
+                                     504: "Gateway Timeout"}[status])  # fmt: skip
+    assert "Traceback" not in response.text
+    # Other requests were answered promptly the whole time.
+    assert max(latencies) < 0.5, (name, max(latencies), took)
+    request_id = response.headers["x-request-id"]
+    time.sleep(0.05)
+    lines = [line for line in hostile.log().splitlines() if request_id in line]
+    assert any(logged in line and f"component {name}" in line for line in lines), lines
+    if status == 504:
+        assert 0.9 < took < 3, took  # answered at the deadline, not when the guest stopped
+
+
+def test_the_gateway_still_works_after_every_attack(hostile):
+    assert httpx.get(f"{hostile.url}/hello", timeout=10).text == "hello\n"
+    assert "Traceback" not in hostile.log()
+
+
+def test_limits_per_component_override_the_flags(serve, tmp_path):
+    (tmp_path / "spin.wat").write_text(GUESTS["spin"])
+    (tmp_path / "flood.wat").write_text(GUESTS["flood"])
+    (tmp_path / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "l"\n'
+        '[[trigger.http]]\nroute = "/spin"\ncomponent = "spin"\nexecutor = { type = "wagi" }\n'
+        '[[trigger.http]]\nroute = "/flood"\ncomponent = "flood"\nexecutor = { type = "wagi" }\n'
+        '[component.spin]\nsource = "spin.wat"\n'
+        '[component.spin.tool.wagi]\nrequest_timeout = "300ms"\n'
+        '[component.flood]\nsource = "flood.wat"\n'
+        '[component.flood.tool.wagi]\nmax_output_size = "64K"\n'
+    )
+    server = serve("-c", str(tmp_path / "spin.toml"), "--request-timeout", "20")
+    started = time.monotonic()
+    assert httpx.get(f"{server.url}/spin", timeout=30).status_code == 504
+    assert time.monotonic() - started < 2  # the component's 300 ms, not the flag's 20 s
+    assert httpx.get(f"{server.url}/flood", timeout=30).status_code == 502
+    assert "limit of 65536 bytes" in server.log()
+
+
+def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp_path):
+    (tmp_path / "sleeper.wat").write_text(GUESTS["sleeper"])
+    (tmp_path / "hello.wat").write_text(GUESTS["hello"])
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/slow"\nmodule = "sleeper.wat"\nmax_concurrency = 1\n'
+        'request_timeout = 3\n\n[[module]]\nroute = "/hello"\nmodule = "hello.wat"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    with concurrent.futures.ThreadPoolExecutor(3) as threads:
+        first = threads.submit(httpx.get, f"{server.url}/slow", timeout=30)
+        time.sleep(0.3)  # let the first one take the only slot
+        queued = threads.submit(httpx.get, f"{server.url}/slow", timeout=30)
+        time.sleep(0.1)  # and the second one the only place in the queue
+        refused = httpx.get(f"{server.url}/slow", timeout=30)
+        assert refused.status_code == 503  # the queue is full: at once
+        assert refused.headers["retry-after"] == "1"
+        assert httpx.get(f"{server.url}/hello", timeout=5).text == "hello\n"
+        assert queued.result().status_code == 503  # waited its second in the queue
+        assert first.result().status_code == 504
+    assert "too many requests for sleeper" in server.log()
+
+
+def test_a_module_whose_memory_cannot_fit_the_limit_is_a_load_error(tmp_path):
+    from conftest import run_wagi
+
+    (tmp_path / "big.wat").write_text('(module (memory 600) (func (export "_start")))')
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "big.wat"\n')
+    result = run_wagi("serve", "-c", str(tmp_path / "modules.toml"), "--max-memory", "32M",
+                      "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "component `big`: cannot instantiate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--request-timeout", "soon", "--request-timeout: not a duration"),
+        ("--max-memory", "lots", "--max-memory: not a size"),
+        ("--max-concurrency", "0", "--max-concurrency: expected a whole number of at least 1"),
+    ],
+)
+def test_bad_limit_flags_are_refused(example_apps, flag, value, message):
+    from conftest import run_wagi
+
+    result = run_wagi("serve", "-c", str(example_apps), flag, value)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_bad_limits_in_a_manifest_are_located(tmp_path: Path):
+    from gateway.manifest import ManifestError, load_manifest
+
+    (tmp_path / "a.wat").write_text(GUESTS["hello"])
+    path = tmp_path / "modules.toml"
+    path.write_text('[[module]]\nroute = "/"\nmodule = "a.wat"\nmax_memory = "huge"\n')
+    with pytest.raises(ManifestError, match=r"modules.toml:4: module\[0\].max_memory: not a size"):
+        load_manifest(path)
