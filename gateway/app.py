@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import cgi
-from .config import Settings
+from .config import MAX_HEAD_SIZE, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import Handler, LoadedApp
@@ -131,8 +131,12 @@ class Gateway:
     # ---------------------------------------------------------------- requests
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = _request_id(scope)
+        request_id, head_size = _request_id_and_head_size(scope)
         try:
+            if head_size > MAX_HEAD_SIZE:
+                # hypercorn limits only heads that arrive in pieces; this catches the rest.
+                await _respond(send, request_id, 431, f"more than {MAX_HEAD_SIZE} bytes")
+                return
             await self._handle(scope, receive, send, request_id)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
@@ -165,7 +169,10 @@ class Gateway:
             await _respond(send, request_id, 404)
             return
         handler = match.route.target
-        status, sent = await self._serve_route(scope, receive, send, request_id, match, handler)
+        try:
+            status, sent = await self._serve_route(scope, receive, send, request_id, match, handler)
+        except cgi.BadRequest as error:
+            status, sent = await _respond(send, request_id, 400, str(error)), 0
         access_log.info(
             "%s %s %s %d %d %s %.1fms",
             request_id,
@@ -294,14 +301,18 @@ def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:
     )
 
 
-def _request_id(scope: Scope) -> str:
-    # Keep the id a load balancer or client already gave the request, when it is sane.
+def _request_id_and_head_size(scope: Scope) -> tuple[str, int]:
+    """The request's id, and the size of its request line and headers."""
+    request_id = None
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
     for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
         if name == b"x-request-id":
+            # Keep the id a load balancer or client already gave, when it is sane.
             text = value.decode("latin-1")
             if _REQUEST_ID.match(text):
-                return text
-    return os.urandom(8).hex()
+                request_id = text
+    return request_id or os.urandom(8).hex(), size
 
 
 def _declared_length(scope: Scope) -> int:

@@ -148,8 +148,14 @@ def fixed_environment(
     return fixed, optional
 
 
+class BadRequest(ValueError):
+    """The request holds something no environment variable can carry."""
+
+
 def request_environment(request: Request, match: Match, optional: dict[str, str]) -> dict[str, str]:
     """The variables that depend on the request, `HTTP_*` headers included."""
+    if "\x00" in request.raw_path or "\x00" in request.query:
+        raise BadRequest("the request target holds a NUL byte")
     env, host, content_type = _header_variables(request.headers)
     server_name, server_port = _server_address(request, host)
     client_host, client_port = request.client or ("", 0)
@@ -208,8 +214,8 @@ def _header_variables(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str
 @functools.lru_cache(maxsize=1024)
 def _variable_name(header: bytes) -> str | None:
     """`HTTP_ACCEPT_LANGUAGE` for `accept-language`; None for headers never passed on."""
-    if header.lower() in HIDDEN_REQUEST_HEADERS:
-        return None
+    if header.lower() in HIDDEN_REQUEST_HEADERS or not _TOKEN.match(header):
+        return None  # HTTP parsers refuse names that are not tokens; never pass one on
     return "HTTP_" + header.decode("latin-1").upper().replace("-", "_")
 
 

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The request line and headers together may not exceed this (431 beyond).
+MAX_HEAD_SIZE = 16 * 1024
+
 
 class ConfigError(Exception):
     """A setting given on the command line or in an env file is not valid."""

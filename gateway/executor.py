@@ -104,8 +104,10 @@ class Executor:
         self._stopped.set()
         for _ in self._threads:
             self._calls.put(None)
+        # A thread can be stuck in a guest's WASI sleep; do not wait for it for long.
+        deadline = time.monotonic() + 2
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0, deadline - time.monotonic()))
         self.ticker.close()
 
 

@@ -19,7 +19,7 @@ import hypercorn.asyncio
 import hypercorn.config
 
 from .app import Gateway
-from .config import ConfigError, Settings
+from .config import MAX_HEAD_SIZE, ConfigError, Settings
 from .engine import Engine, LoadError
 from .executor import Executor
 from .loader import load_app
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     import multiprocessing
 
 log = logging.getLogger("wagi")
-
-
-# The request line and headers together may not exceed this (431 beyond).
-MAX_HEAD_SIZE = 16 * 1024
 
 
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -83,7 +79,20 @@ def serve_on(
     if sockets is not None:
         # hypercorn binds `fd://N` as given: the sockets the supervisor opened.
         config.bind = [f"fd://{sock.detach()}" for sock in sockets]
-    asyncio.run(hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger))
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
+        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger)
+
+    asyncio.run(run())
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Python 3.11's streams report connections cancelled at shutdown as errors, with a
+    traceback; they are the grace period ending, nothing more."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:

@@ -50,7 +50,7 @@ GUESTS = {
       (memory (export "memory") 1)
       (func (export "_start")
         (i64.store (i32.const 24) (i64.const 10000000000))
-        (drop (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))))""",
+        (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200)))))""",
 }
 
 # guest -> (status, what its log line says)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -91,8 +92,15 @@ def test_pools_may_not_take_more_than_half_the_instance_slots(tmp_path):
 
 def test_workers_share_the_socket_and_compile_once(serve, example_apps):
     server = serve("-c", str(example_apps), "--workers", "2")
-    with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(16) as threads:
-        responses = list(threads.map(lambda _: client.get(f"{server.url}/hello"), range(300)))
+    deadline = time.monotonic() + 20
+    while server.log().count("wagi: ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first worker ready makes /readyz answer; wait for both
+
+    def fresh_connection_get(_: int) -> httpx.Response:
+        return httpx.get(f"{server.url}/hello", timeout=30)  # a new connection each time
+
+    with concurrent.futures.ThreadPoolExecutor(16) as threads:
+        responses = list(threads.map(fresh_connection_get, range(300)))
     assert {r.status_code for r in responses} == {200}
     log = server.log().splitlines()
     by_workers = [line for line in log if "[worker " in line]

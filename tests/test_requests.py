@@ -1,0 +1,186 @@
+"""Hostile requests: oversize or slow bodies, huge heads, smuggled headers, escaping paths."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from conftest import cgi_guest
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory, c_guest):
+    """The env dumper at /env/..., a stderr-writing guest, and the file-probing guest."""
+    from conftest import ROOT, Server
+
+    folder = tmp_path_factory.mktemp("requests")
+    (folder / "env.wasm").write_bytes((ROOT / "apps/env/env.wasm").read_bytes())
+    (folder / "files.wasm").write_bytes(c_guest("files").read_bytes())
+    (folder / "noisy.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nran\n", b"I ran\n"))
+    (folder / "public").mkdir()
+    (folder / "public" / "ok.txt").write_text("visible")
+    (folder / "secret.txt").write_text("invisible")
+    (folder / "spin.toml").write_text(
+        textwrap.dedent("""
+        spin_manifest_version = 2
+        [application]
+        name = "requests"
+        [[trigger.http]]
+        route = "/env/..."
+        component = "env"
+        executor = { type = "wagi" }
+        [[trigger.http]]
+        route = "/noisy"
+        component = "noisy"
+        executor = { type = "wagi" }
+        [[trigger.http]]
+        route = "/files"
+        component = "files"
+        executor = { type = "wagi" }
+        [component.env]
+        source = "env.wasm"
+        [component.noisy]
+        source = "noisy.wat"
+        [component.files]
+        source = "files.wasm"
+        files = ["public/*"]
+    """)
+    )
+    server = Server(
+        [
+            "-c",
+            str(folder / "spin.toml"),
+            "--cache-dir",
+            str(folder / "cache"),
+            "--max-body-size",
+            "1K",
+            "--client-timeout",
+            "1",
+            "--log-dir",
+            str(folder / "logs"),
+        ],
+        folder,
+        folder / "server.log",
+    )
+    server.wait_ready()
+    server.folder = folder
+    yield server
+    server.stop()
+
+
+def raw_request(server, data: bytes, then: bytes = b"", pause: float = 0.0) -> bytes:
+    """Send bytes over a plain socket (optionally more after a pause); the raw answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(data)
+        if pause:
+            time.sleep(pause)
+        if then:
+            with contextlib.suppress(OSError):
+                connection.sendall(then)
+        chunks = []
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_an_oversize_body_is_refused_before_the_guest_runs(target):
+    response = httpx.post(f"{target.url}/noisy", content=b"x" * 2000, timeout=10)
+    assert response.status_code == 413
+    assert response.text == "Content Too Large: the body is larger than 1024 bytes\n"
+    assert (target.folder / "logs" / "noisy.log").read_text() == ""  # the guest never ran
+
+
+def test_an_oversize_chunked_body_is_refused_too(target):
+    def chunks():
+        for _ in range(20):
+            yield b"y" * 100
+
+    response = httpx.post(f"{target.url}/noisy", content=chunks(), timeout=10)
+    assert response.status_code == 413
+
+
+def test_a_body_within_the_limit_reaches_the_guest(target):
+    response = httpx.post(f"{target.url}/env", content=b"z" * 1000, timeout=10)
+    assert response.status_code == 200
+    assert response.text.endswith("## stdin\n" + "z" * 1000)
+
+
+def test_a_body_that_trickles_in_too_slowly_gets_408(target):
+    head = b"POST /noisy HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 10
+    started = time.monotonic()
+    answer = raw_request(target, head, then=b"b" * 10, pause=0.5)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+
+
+def test_an_oversize_head_gets_431(target):
+    answer = raw_request(target, b"GET /env HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 +
+                         b"\r\n\r\n")  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_an_oversize_url_gets_431(target):
+    answer = raw_request(target, b"GET /env/" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_credentials_and_the_proxy_header_never_reach_the_guest(target):
+    response = httpx.get(f"{target.url}/env", timeout=10, headers={
+        "Proxy": "http://evil.example:8080", "Authorization": "Basic c2VjcmV0",
+        "Proxy-Authorization": "Basic c2VjcmV0", "X-Fine": "yes"})  # fmt: skip
+    assert "HTTP_X_FINE=yes" in response.text
+    for hidden in ("HTTP_PROXY", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION", "evil"):
+        assert hidden not in response.text
+
+
+@pytest.mark.parametrize("path", [
+    b"/env/../files", b"/env/%2e%2e/files", b"/env/a/%2E%2e/b", b"/env/a%2f..%2fb",
+    b"/env/a%2F..%2F..%2Fsecret", b"/env/%00", b"/env/%ff%fe",
+])  # fmt: skip
+def test_dot_segments_encoded_slashes_and_bad_bytes_are_400(target, path):
+    answer = raw_request(
+        target, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+def test_an_encoded_slash_stays_inside_its_segment(target):
+    response = httpx.get(f"{target.url}/env/a%2Fb", timeout=10)
+    assert "PATH_INFO=/a/b\n" in response.text
+    assert "X_RAW_PATH_INFO=/a%2Fb\n" in response.text
+
+
+@pytest.mark.parametrize("query", [
+    "read=/secret.txt", "read=/public/../secret.txt", "read=/public/../../secret.txt",
+    "read=/etc/passwd", "read=../secret.txt", "list=/", "list=/public/..",
+])  # fmt: skip
+def test_a_guest_cannot_read_outside_its_mounts(target, query):
+    text = httpx.get(f"{target.url}/files?{query}", timeout=10).text
+    assert text.startswith("error:") or "secret" not in text, text
+    assert "invisible" not in text
+    assert "root:" not in text
+
+
+def test_inside_its_mounts_the_guest_reads_normally(target):
+    assert httpx.get(f"{target.url}/files?read=/public/ok.txt", timeout=10).text == "visible"
+
+
+def test_every_answer_carries_the_request_id(target):
+    for path in ("/env", "/nowhere", "/files?read=/x"):
+        response = httpx.get(f"{target.url}{path}", timeout=10)
+        assert len(response.headers["x-request-id"]) == 16
+    given = httpx.get(f"{target.url}/nowhere", headers={"X-Request-Id": "lb-1234"}, timeout=10)
+    assert given.headers["x-request-id"] == "lb-1234"
+    forged = httpx.get(f"{target.url}/nowhere", headers={"X-Request-Id": "bad id\x7f"}, timeout=10)
+    assert forged.headers["x-request-id"] != "bad id\x7f"

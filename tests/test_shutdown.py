@@ -1,0 +1,166 @@
+"""Graceful shutdown and readiness: drain on SIGTERM, finish what is in flight, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import cgi_guest, wat_string
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.engine import Engine
+from gateway.executor import Executor
+
+
+def sleeper(seconds: float, says: bytes = b"slept") -> str:
+    """A guest that sleeps in WASI, then answers."""
+    answer = b"Content-Type: text/plain\n\n" + says
+    return f"""
+    (module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 300) "{wat_string(answer)}")
+      (func (export "_start")
+        (i64.store (i32.const 24) (i64.const {int(seconds * 1e9)}))
+        (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200)))
+        (i32.store (i32.const 400) (i32.const 300))
+        (i32.store (i32.const 404) (i32.const {len(answer)}))
+        (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))
+    """
+
+
+def app_folder(tmp_path: Path, seconds: float) -> Path:
+    (tmp_path / "slow.wat").write_text(sleeper(seconds))
+    (tmp_path / "hello.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nhi\n"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/slow"\nmodule = "slow.wat"\n\n'
+        '[[module]]\nroute = "/hello"\nmodule = "hello.wat"\n'
+    )
+    return tmp_path / "modules.toml"
+
+
+def start_requests(server, count: int) -> list[concurrent.futures.Future]:
+    threads = concurrent.futures.ThreadPoolExecutor(count)
+    return [threads.submit(httpx.get, f"{server.url}/slow", timeout=30) for _ in range(count)]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(serve, tmp_path, workers):
+    server = serve("-c", str(app_folder(tmp_path, 1.5)), "--workers", workers)
+    in_flight = start_requests(server, 4)
+    time.sleep(0.5)  # they have all started sleeping
+    server.process.send_signal(signal.SIGTERM)
+    responses = [future.result() for future in in_flight]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert [r.text for r in responses] == ["slept"] * 4
+    assert server.process.wait(timeout=20) == 0
+    assert "draining" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_the_grace_period_bounds_the_wait(serve, tmp_path):
+    server = serve(
+        "-c", str(app_folder(tmp_path, 30)), "--grace-period", "1", "--request-timeout", "60"
+    )
+    in_flight = start_requests(server, 1)
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=20) == 0
+    assert time.monotonic() - stopped < 8  # not the guest's 30 s
+    try:
+        cut_off = in_flight[0].result().status_code
+    except httpx.HTTPError:
+        cut_off = "closed"
+    assert cut_off in (500, 503, "closed"), cut_off  # it did not finish in time
+    assert "Traceback" not in server.log()
+    assert "panicked" not in server.log()
+
+
+class _Asgi:
+    """Calls an ASGI app in memory: lifespan, then plain GET requests."""
+
+    def __init__(self, app: Gateway) -> None:
+        self.app = app
+        self.startup = asyncio.Queue()
+
+    async def start(self) -> None:
+        sent: asyncio.Queue = asyncio.Queue()
+        await self.startup.put({"type": "lifespan.startup"})
+        self.lifespan = asyncio.create_task(
+            self.app({"type": "lifespan"}, self.startup.get, sent.put)
+        )
+        assert (await sent.get())["type"] == "lifespan.startup.complete"
+
+    async def get(self, path: str) -> int:
+        messages = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            messages.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [],
+            "http_version": "1.1",
+            "scheme": "http",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 3000),
+        }
+        await self.app(scope, receive, send)
+        return messages[0]["status"]
+
+
+def test_readiness_follows_loading_and_draining(tmp_path):
+    manifest = app_folder(tmp_path, 1)
+    settings = Settings(manifest=manifest, cache_dir=tmp_path / "cache")
+    engine = Engine(settings.cache_dir)
+    release = threading.Event()
+
+    def slow_load():
+        from gateway.loader import load_app
+        from gateway.manifest import load_manifest
+
+        release.wait(10)
+        return load_app(load_manifest(manifest), settings, engine)
+
+    gateway = Gateway(settings, Executor(engine, 2), slow_load)
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        asgi = _Asgi(gateway)
+        await asgi.start()
+        seen = [(await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))]
+        release.set()
+        while gateway.loaded is None:
+            await asyncio.sleep(0.01)
+        seen.append(
+            (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))
+        )
+        gateway.draining = True  # what SIGTERM does first
+        seen.append(
+            (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))
+        )
+        gateway.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        (200, 503, 503),  # loading: alive, not ready, routes wait
+        (200, 200, 200),  # ready
+        (200, 503, 200),  # draining: not ready for new traffic, still serving
+    ]
