@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from . import cgi
@@ -36,6 +37,7 @@ Send = Callable[[dict], Awaitable[None]]
 
 LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
 READINESS_PATH = "/readyz"
+INFO_PATH = "/.well-known/wagi/info"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # The status for each way a guest can fail.
@@ -68,16 +70,24 @@ class Gateway:
     """The ASGI application object: the loaded app, its guests' executor, its state."""
 
     def __init__(
-        self, settings: Settings, executor: Executor, load: Callable[[], LoadedApp]
+        self,
+        settings: Settings,
+        executor: Executor,
+        load: Callable[[LoadedApp | None], LoadedApp],
     ) -> None:
+        """`load(previous)` makes a version of the app."""
         self.settings = settings
         self.executor = executor
         self._load = load
+        # Tasks to run, once the app is loaded, for as long as it serves.
+        self.background: list[Callable[[], Awaitable[None]]] = []
         self.loaded: LoadedApp | None = None
+        self.version = 0
         self.load_error: Exception | None = None
         self.draining = False
         self._stop = asyncio.Event()
-        self._loading: asyncio.Task | None = None
+        self._reloading = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,27 +101,77 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._loading = asyncio.create_task(self._load_in_background())
+                self._spawn(self._load_in_background())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._tasks:
+                    task.cancel()
                 self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _spawn(self, coroutine: Coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _load_in_background(self) -> None:
         try:
-            self.loaded = await asyncio.get_running_loop().run_in_executor(None, self._load)
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, None)
         except Exception as error:  # reported by the caller of serve, then exit 1
             self.load_error = error
             self._stop.set()
             return
-        log.info("ready: %d routes", len(self.loaded.routes.routes))
+        self._install(loaded)
+        log.info("ready: version %d, %d routes", loaded.version, len(loaded.routes.routes))
+        for run in self.background:
+            self._spawn(run())
+
+    def module_digests(self) -> set[str]:
+        """The contents of the running version's modules."""
+        return set(self.loaded.modules()) if self.loaded is not None else set()
+
+    def _install(self, loaded: LoadedApp) -> None:
+        """Make `loaded` the version new requests use; the old one retires."""
+        self.version += 1
+        loaded.version = self.version
+        old, self.loaded = self.loaded, loaded
+        if old is not None:
+            old.retire()
+
+    async def reload(self, reason: str, rebuilt: Sequence[str] = ()) -> bool:
+        """Load the next version beside the running one and switch to it when complete.
+
+        If anything is wrong with it, the running version stays; one log line says which
+        happened. Returns whether the new version took over.
+        """
+        async with self._reloading:
+            started = time.perf_counter()
+            try:
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    None, self._load, self.loaded
+                )
+            except Exception as error:
+                live = f"version {self.version} is still live" if self.loaded else "not serving"
+                log.error("reload failed (%s): %s; %s", reason, error, live)
+                return False
+            self._install(loaded)
+            log.info(
+                "reloaded to version %d in %.0f ms (%s)%s",
+                self.version,
+                (time.perf_counter() - started) * 1000,
+                reason,
+                _what_changed(loaded, rebuilt),
+            )
+            return True
 
     async def until_stopped(self) -> None:
         """hypercorn's shutdown trigger: returns on SIGTERM or SIGINT, or a failed load."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        # SIGHUP reloads the app (the supervisor of several workers sends it).
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload("SIGHUP")))
         await self._stop.wait()
         # Stop being ready at once, so load balancers stop sending traffic; hypercorn
         # now stops accepting and lets requests in flight finish.
@@ -158,6 +218,25 @@ class Gateway:
         if loaded is None:
             await _respond(send, request_id, 503, "the app is still loading", retry=True)
             return
+        if path == INFO_PATH:
+            await _respond_json(send, request_id, _info(loaded))
+            return
+        loaded.requests += 1  # this version stays open until the request is answered
+        try:
+            await self._route(scope, receive, send, request_id, loaded, started)
+        finally:
+            loaded.request_done()
+
+    async def _route(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        loaded: LoadedApp,
+        started: float,
+    ) -> None:
+        path = scope["path"]
         raw_path = scope.get("raw_path") or path.encode()
         try:
             request_path = RequestPath.parse(raw_path.decode("latin-1"))
@@ -283,6 +362,45 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return response.status, len(body)
+
+
+def _what_changed(loaded: LoadedApp, rebuilt: Sequence[str]) -> str:
+    """`; rebuilt a; recompiled b; unchanged c` for the reload log line."""
+    by_how: dict[str, list[str]] = {"compiled": [], "cached": [], "reused": []}
+    for component in loaded.components.values():
+        by_how[component.module.how].append(component.id)
+    parts = [
+        ("rebuilt", list(rebuilt)),
+        ("recompiled", by_how["compiled"]),
+        ("from the compiled cache", by_how["cached"]),
+        ("unchanged", by_how["reused"]),
+    ]
+    return "".join(f"; {label} {', '.join(names)}" for label, names in parts if names)
+
+
+def _info(loaded: LoadedApp) -> dict:
+    return {
+        "app": loaded.manifest.name,
+        "version": loaded.version,
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.loaded_at)),
+        "routes": {route.pattern.text: route.target.component.id for route in loaded.routes.routes},
+    }
+
+
+async def _respond_json(send: Send, request_id: str, document: dict) -> None:
+    body = json.dumps(document, indent=2).encode() + b"\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:

@@ -8,7 +8,6 @@ the cache safe to share between worker processes and between gateways.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -34,11 +33,10 @@ class ModuleCache:
     def __init__(self, root: Path | None, fingerprint: str) -> None:
         self.folder = root / fingerprint if root is not None else None
 
-    def entry(self, module_bytes: bytes) -> CacheEntry | None:
-        """The cache entry for these module bytes (None when caching is off)."""
+    def entry(self, digest: str) -> CacheEntry | None:
+        """The cache entry for a module's SHA-256 digest (None when caching is off)."""
         if self.folder is None:
             return None
-        digest = hashlib.sha256(module_bytes).hexdigest()
         return CacheEntry(self.folder / f"{digest}.cwasm", digest)
 
     def load(self, engine: wasmtime.Engine, entry: CacheEntry) -> wasmtime.Module | None:

@@ -101,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="run the components' build commands first"
     )
     serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when the manifest, a module, a mounted file or the env "
+        "file changes; rebuild a component when its build.watch files change",
+    )
+    serve.add_argument(
+        "--watch-debounce",
+        metavar="SECONDS",
+        default="0.1",
+        help="changes this close together make one reload (default: %(default)s)",
+    )
+    serve.add_argument(
         "--workers",
         type=_positive,
         default=1,
@@ -235,8 +247,9 @@ def _manifest_path(args: argparse.Namespace) -> Path:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check the `serve` options and gather them into one Settings object."""
     parse_listen(args.listen)
-    env = list(parse_env_file(args.env_file)) if args.env_file else []
-    env.extend(parse_env_pair(pair) for pair in args.env)
+    if args.env_file:
+        parse_env_file(args.env_file)  # a broken env file fails now, not at load
+    env = [parse_env_pair(pair) for pair in args.env]
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
@@ -257,6 +270,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         engine=EngineSettings(max_instances=args.max_instances),
         limits=_limits(args),
         client_timeout=parse_duration(args.client_timeout),
+        watch=args.watch,
+        watch_debounce=parse_duration(args.watch_debounce),
         grace_period=parse_duration(args.grace_period),
     )
 

@@ -135,8 +135,13 @@ class Limits:
         return dataclasses.replace(self, **overrides)
 
 
-LIMIT_NAMES = ("request_timeout", "max_memory", "max_body_size", "max_output_size",
-               "max_concurrency")  # fmt: skip
+LIMIT_NAMES = (
+    "request_timeout",
+    "max_memory",
+    "max_body_size",
+    "max_output_size",
+    "max_concurrency",
+)
 
 
 def parse_limit(name: str, value: object) -> float | int:
@@ -193,7 +198,8 @@ class Settings:
 
     manifest: Path
     listen: str = "127.0.0.1:3000"
-    # Global environment for every module: `--env-file` first, then `--env` (later wins).
+    # Global environment for every module: the `--env-file` (read at each load), then
+    # these `--env` pairs, which win.
     env: tuple[tuple[str, str], ...] = ()
     env_file: Path | None = None
     log_dir: Path | None = None
@@ -214,6 +220,15 @@ class Settings:
     client_timeout: float = 30.0
     # Seconds a SIGTERM waits for requests in flight before the process exits anyway.
     grace_period: float = 30.0
+    # Reload when the manifest, modules, mounted files or the env file change.
+    watch: bool = False
+    # Changes that come within this many seconds of each other make one reload.
+    watch_debounce: float = 0.1
+
+    def global_environment(self) -> list[tuple[str, str]]:
+        """`--env-file` (read now, so a reload sees its changes), then `--env`."""
+        from_file = parse_env_file(self.env_file) if self.env_file else []
+        return [*from_file, *self.env]
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -104,9 +104,16 @@ class LoadedModule:
     """A compiled module and how it was obtained."""
 
     module: wasmtime.Module
-    from_cache: bool
+    # "compiled", "cached" (read from the compiled cache) or "reused" (already loaded).
+    how: str
     seconds: float
     size: int
+    digest: str
+
+    @property
+    def from_cache(self) -> bool:
+        """Whether no compilation was needed."""
+        return self.how != "compiled"
 
 
 class Engine:
@@ -133,24 +140,33 @@ class Engine:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return f"wasmtime-{platform.machine()}-{digest}"
 
-    def load(self, source: Path) -> LoadedModule:
-        """Compile a `.wasm` or `.wat` file, or read its compiled form from the cache."""
+    def load(self, source: Path, loaded: dict[str, wasmtime.Module] | None = None) -> LoadedModule:
+        """Compile a `.wasm` or `.wat` file, or read its compiled form from the cache.
+
+        `loaded` maps digests to modules this process has already: those are reused.
+        """
         try:
             module_bytes = source.read_bytes()
         except OSError as error:
             raise LoadError(f"{source}: cannot read module: {error.strerror}") from None
         started = time.perf_counter()
-        entry = self.cache.entry(module_bytes)
-        module = self.cache.load(self.wasmtime, entry) if entry else None
-        from_cache = module is not None
+        digest = hashlib.sha256(module_bytes).hexdigest()
+        module, how = (loaded or {}).get(digest), "reused"
         if module is None:
-            try:
-                module = wasmtime.Module(self.wasmtime, module_bytes)
-            except wasmtime.WasmtimeError as error:
-                raise LoadError(f"{source}: not a valid WebAssembly module: {error}") from None
+            entry = self.cache.entry(digest)
+            module, how = (self.cache.load(self.wasmtime, entry) if entry else None), "cached"
+        if module is None:
+            module, how = self._compile(source, module_bytes), "compiled"
             if entry:
                 self.cache.store(module, entry)
-        return LoadedModule(module, from_cache, time.perf_counter() - started, len(module_bytes))
+        seconds = time.perf_counter() - started
+        return LoadedModule(module, how, seconds, len(module_bytes), digest)
+
+    def _compile(self, source: Path, module_bytes: bytes) -> wasmtime.Module:
+        try:
+            return wasmtime.Module(self.wasmtime, module_bytes)
+        except wasmtime.WasmtimeError as error:
+            raise LoadError(f"{source}: not a valid WebAssembly module: {error}") from None
 
     def link(self, module: wasmtime.Module, name: str) -> Program:
         """Resolve a module's imports against WASI once, for cheap instantiation."""

@@ -7,8 +7,11 @@ only reads the `LoadedApp` this returns.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import wasmtime
 
 from . import cgi
 from .admission import Admission
@@ -29,6 +32,7 @@ class ComponentRuntime:
 
     id: str
     source: Path
+    module: LoadedModule
     program: Program
     pool: InstancePool
     limits: Limits
@@ -79,7 +83,11 @@ def make_handler(
 
 
 class LoadedApp:
-    """An app as loaded from one manifest: components and the route table."""
+    """An app as loaded from one manifest: components and the route table.
+
+    While the gateway reloads, two versions can be live: the old one keeps the requests
+    it already has, and is closed when the last of them ends.
+    """
 
     def __init__(
         self,
@@ -90,21 +98,53 @@ class LoadedApp:
         self.manifest = manifest
         self.components = components
         self.routes = routes
+        self.version = 0
+        self.loaded_at = time.time()
+        self.requests = 0  # in flight on this version
+        self.retired = False
+        self._closed = False
+
+    def modules(self) -> dict[str, wasmtime.Module]:
+        """This version's compiled modules, by digest, for the next version to reuse."""
+        return {c.module.digest: c.module.module for c in self.components.values()}
+
+    def retire(self) -> None:
+        """A newer version took over: close once no request uses this one."""
+        self.retired = True
+        if self.requests == 0:
+            self.close()
+
+    def request_done(self) -> None:
+        """A request that used this version has been answered."""
+        self.requests -= 1
+        if self.retired and self.requests == 0:
+            self.close()
 
     def close(self) -> None:
-        """Release every component's resources."""
-        for component in self.components.values():
-            component.close()
+        """Release every component's resources (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            for component in self.components.values():
+                component.close()
 
 
-def load_app(manifest: Manifest, settings: Settings, engine: Engine) -> LoadedApp:
-    """Compile, link and prepare every component, then build the route table."""
+def load_app(
+    manifest: Manifest, settings: Settings, engine: Engine, previous: LoadedApp | None = None
+) -> LoadedApp:
+    """Compile, link and prepare every component, then build the route table.
+
+    Modules whose bytes the `previous` version also had are reused, not recompiled.
+    """
     _check_capacity(manifest, settings)
+    environment = settings.global_environment()
+    known = previous.modules() if previous is not None else {}
     components: dict[str, ComponentRuntime] = {}
     try:
         modules: dict[Path, LoadedModule] = {}
         for component in manifest.components.values():
-            components[component.id] = _prepare(component, settings, engine, modules)
+            components[component.id] = _prepare(
+                component, settings, engine, modules, known, environment
+            )
         handlers = [_handler(trigger, components, manifest.base) for trigger in manifest.triggers]
         if manifest.kind == "wagi":
             handlers = _expand_wagi_routes(handlers)
@@ -137,11 +177,16 @@ def _check_capacity(manifest: Manifest, settings: Settings) -> None:
 
 
 def _prepare(
-    component: Component, settings: Settings, engine: Engine, modules: dict[Path, LoadedModule]
+    component: Component,
+    settings: Settings,
+    engine: Engine,
+    modules: dict[Path, LoadedModule],
+    known: dict[str, wasmtime.Module],
+    environment: list[tuple[str, str]],
 ) -> ComponentRuntime:
     loaded = modules.get(component.source)
     if loaded is None:
-        loaded = modules[component.source] = _load_module(component, engine)
+        loaded = modules[component.source] = _load_module(component, engine, known)
     try:
         program = engine.link(
             loaded.module, f"component `{component.id}` ({component.source.name})"
@@ -163,11 +208,12 @@ def _prepare(
     log.info("component %s: %d instances ready", component.id, pool_size)
     admission = Admission(limits.max_concurrency, limits.max_concurrency, Limits.QUEUE_TIMEOUT)
     staged = StagedFiles(component) if component.files else None
-    env = dict(settings.env)
+    env = dict(environment)
     env.update(component.environment)
     return ComponentRuntime(
         id=component.id,
         source=component.source,
+        module=loaded,
         program=program,
         pool=pool,
         limits=limits,
@@ -179,12 +225,18 @@ def _prepare(
     )
 
 
-def _load_module(component: Component, engine: Engine) -> LoadedModule:
+def _load_module(
+    component: Component, engine: Engine, known: dict[str, wasmtime.Module]
+) -> LoadedModule:
     try:
-        loaded = engine.load(component.source)
+        loaded = engine.load(component.source, known)
     except LoadError as error:
         raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
-    how = "loaded from the compiled cache" if loaded.from_cache else "compiled"
+    how = {
+        "compiled": "compiled",
+        "cached": "loaded from the compiled cache",
+        "reused": "unchanged, reused",
+    }[loaded.how]
     log.info(
         "component %s: %s (%d KiB) %s in %.1f ms",
         component.id,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import hypercorn.asyncio
@@ -22,7 +24,7 @@ from .app import Gateway
 from .config import MAX_HEAD_SIZE, ConfigError, Settings
 from .engine import Engine, LoadError
 from .executor import Executor
-from .loader import load_app
+from .loader import LoadedApp, load_app
 from .logs import setup_logging
 from .manifest import Manifest, ManifestError, load_manifest
 
@@ -54,10 +56,12 @@ def serve(settings: Settings) -> None:
     if settings.workers <= 1:
         _serve_in_process(settings)
         return
-    manifest = _load_once(settings)
+    manifest, digests = _load_once(settings)
     _announce(settings, manifest)
     sockets = listening_sockets(hypercorn_config(settings))
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
+    if settings.watch:
+        _watch_for_workers(settings, supervisor, digests)
     supervisor.run()
     if supervisor.failed:
         raise LoadError("the workers could not start; see the log above")
@@ -101,23 +105,62 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
     if sockets is None:
         _announce(settings, manifest)
     engine = Engine(settings.cache_dir, settings.engine)
-    gateway = Gateway(
-        settings,
-        Executor(engine, settings.guest_threads),
-        lambda: load_app(manifest, settings, engine),
-    )
+
+    def load(previous: LoadedApp | None) -> LoadedApp:
+        current = manifest if previous is None else load_manifest(settings.manifest)
+        return load_app(current, settings, engine, previous)
+
+    gateway = Gateway(settings, Executor(engine, settings.guest_threads), load)
+    if settings.watch and sockets is None:  # with several workers, the supervisor watches
+        from .reload import Reloader  # watchfiles is only needed to watch
+
+        gateway.background.append(Reloader(settings, gateway.reload, gateway.module_digests).run)
     serve_on(gateway, hypercorn_config(settings), sockets, gateway.until_stopped)
     if gateway.load_error is not None:
         raise gateway.load_error
 
 
-def _load_once(settings: Settings) -> Manifest:
+def _load_once(settings: Settings) -> tuple[Manifest, set[str]]:
     """Load the whole app once before the workers start: every error shows here, and
-    every module lands in the compiled cache, so no worker compiles."""
+    every module lands in the compiled cache, so no worker compiles. Returns the
+    manifest and the digests of its modules."""
     manifest = load_manifest(settings.manifest)
     engine = Engine(settings.cache_dir, settings.engine)
-    load_app(manifest, settings, engine).close()
-    return manifest
+    app = load_app(manifest, settings, engine)
+    app.close()
+    return manifest, set(app.modules())
+
+
+def _watch_for_workers(settings: Settings, supervisor: Supervisor, running: set[str]) -> None:
+    """With several workers, changes are checked once, here: rebuild, load the new version
+    (which fills the compiled cache), and only if it is good tell the workers to reload."""
+    from .reload import Reloader  # watchfiles is only needed to watch
+
+    engine = Engine(settings.cache_dir, settings.engine)
+    digests = set(running)
+
+    def validate() -> set[str]:
+        app = load_app(load_manifest(settings.manifest), settings, engine)
+        loaded_digests = set(app.modules())
+        app.close()
+        return loaded_digests
+
+    async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
+        try:
+            digests.clear()
+            digests.update(await asyncio.to_thread(validate))
+        except (ConfigError, ManifestError, LoadError) as error:
+            log.error("reload failed (%s): %s; the workers keep the running version", reason, error)
+            return False
+        built = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
+        log.info("telling the workers to reload (%s)%s", reason, built)
+        supervisor.signal_workers(signal.SIGHUP)
+        return True
+
+    reloader = Reloader(settings, reload, lambda: digests)
+    threading.Thread(
+        target=asyncio.run, args=(reloader.run(),), name="watcher", daemon=True
+    ).start()
 
 
 def _worker_main(number: int, sockets: list[socket.socket], settings: Settings) -> None:
@@ -201,6 +244,12 @@ class Supervisor:
         log.error("worker %d exited with status %s; starting a new one", number, worker.exitcode)
         time.sleep(0.5)  # do not spin if workers die at start
         self._start(number)
+
+    def signal_workers(self, signum: int) -> None:
+        """Send a signal to every running worker."""
+        for worker in list(self.workers.values()):
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
 
     def _stop(self, signum: int, _frame: object) -> None:
         if self.stopping:

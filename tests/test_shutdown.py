@@ -133,12 +133,12 @@ def test_readiness_follows_loading_and_draining(tmp_path):
     engine = Engine(settings.cache_dir)
     release = threading.Event()
 
-    def slow_load():
+    def slow_load(previous):
         from gateway.loader import load_app
         from gateway.manifest import load_manifest
 
         release.wait(10)
-        return load_app(load_manifest(manifest), settings, engine)
+        return load_app(load_manifest(manifest), settings, engine, previous)
 
     gateway = Gateway(settings, Executor(engine, 2), slow_load)
 
@@ -148,6 +148,7 @@ def test_readiness_follows_loading_and_draining(tmp_path):
         seen = [(await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))]
         release.set()
         while gateway.loaded is None:
+            assert gateway.load_error is None, gateway.load_error
             await asyncio.sleep(0.01)
         seen.append(
             (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))

@@ -1,0 +1,215 @@
+"""Hot reload: watch what an app is made of, rebuild what needs it, and reload in place.
+
+`wagi serve --watch` watches the manifest, every module, every mounted file or folder,
+the `--env-file`, and the files each component's `build.watch` globs name. Changes that
+come together (within the debounce) make one reload: the components whose build inputs
+changed are rebuilt first, then the gateway loads the next version beside the running
+one and switches to it only once it is complete (see `Gateway.reload`). A change that
+breaks anything leaves the running version serving, and the log says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import logging
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import anyio
+import watchfiles
+
+from .build import build_environment
+from .config import Settings
+from .manifest import Component, Manifest, ManifestError, load_manifest
+
+log = logging.getLogger("wagi.reload")
+
+# Stop waiting for the file watcher's thread this often, so shutdown is quick.
+_WATCHER_TIMEOUT_MS = 500
+_IGNORED = watchfiles.DefaultFilter()
+
+
+class Watched:
+    """What a manifest's app is made of, to tell which changes matter."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manifest: Manifest | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the manifest again (a broken one keeps the last good view)."""
+        with contextlib.suppress(ManifestError):
+            self.manifest = load_manifest(self.settings.manifest, check_sources=False)
+
+    def roots(self) -> set[Path]:
+        """Folders and files to watch: the app folder, and what lies outside it."""
+        folder = self.settings.manifest.parent.resolve()
+        roots = {folder}
+        for path in self._files() | self._folders():
+            if folder != path and folder not in path.parents:
+                roots.add(path if path.is_dir() else path.parent)
+        return roots
+
+    def matters(self, path: Path) -> bool:
+        """Whether a change at `path` can change the app."""
+        path = path.resolve()
+        if self.manifest is None:  # no good manifest yet: anything in its folder may fix it
+            return self.settings.manifest.parent.resolve() in path.parents
+        return (
+            path in self._files()
+            or any(folder in path.parents for folder in self._folders())
+            or bool(self.to_rebuild([path]))
+        )
+
+    def to_rebuild(self, paths: Sequence[Path]) -> list[Component]:
+        """Components whose `build.watch` globs match one of the changed paths."""
+        if self.manifest is None:
+            return []
+        chosen = []
+        for component in self.manifest.components.values():
+            build = component.build
+            if build is None or not build.watch:
+                continue
+            for path in paths:
+                try:
+                    relative = path.resolve().relative_to(build.workdir).as_posix()
+                except ValueError:
+                    continue
+                if any(fnmatch.fnmatch(relative, pattern) for pattern in build.watch):
+                    chosen.append(component)
+                    break
+        return chosen
+
+    def sources(self) -> set[Path]:
+        """Every component's module file."""
+        if self.manifest is None:
+            return set()
+        return {c.source for c in self.manifest.components.values()}
+
+    def _files(self) -> set[Path]:
+        files = {self.settings.manifest.resolve()}
+        if self.settings.env_file is not None:
+            files.add(self.settings.env_file.resolve())
+        if self.manifest is not None:
+            for component in self.manifest.components.values():
+                files.add(component.source)
+                files.update(item.host_path for item in component.files)
+        return files
+
+    def _folders(self) -> set[Path]:
+        if self.manifest is None:
+            return set()
+        return {mount.host_path for c in self.manifest.components.values() for mount in c.mounts}
+
+
+class Reloader:
+    """Watches an app's files and reloads it when they change."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload: Callable[[str, Sequence[str]], Awaitable[bool]],
+        current_digests: Callable[[], set[str]],
+    ) -> None:
+        """`reload(reason, rebuilt)` loads the next version; `current_digests()` tells
+        which module contents the running version already has."""
+        self.settings = settings
+        self._reload = reload
+        self._current_digests = current_digests
+        self.watched = Watched(settings)
+        self._stop = anyio.Event()
+
+    async def run(self) -> None:
+        """Watch until cancelled; the set of watched folders follows the manifest."""
+        try:
+            while True:
+                roots = self.watched.roots()
+                log.info("watching %s", ", ".join(sorted(str(root) for root in roots)))
+                async for changes in watchfiles.awatch(
+                    *roots,
+                    watch_filter=self._filter,
+                    step=self._step_ms(),
+                    stop_event=self._stop,
+                    rust_timeout=_WATCHER_TIMEOUT_MS,
+                ):
+                    await self.changed(sorted({Path(path) for _, path in changes}))
+                    if self.watched.roots() != roots:
+                        break  # watch the new set of folders
+        finally:
+            self._stop.set()
+
+    def _step_ms(self) -> int:
+        return max(1, round(self.settings.watch_debounce * 1000))
+
+    def _filter(self, change: watchfiles.Change, path: str) -> bool:
+        return _IGNORED(change, path) and self.watched.matters(Path(path))
+
+    async def changed(self, paths: Sequence[Path]) -> None:
+        """Rebuild what the changes call for, then reload (unless nothing really changed)."""
+        self.watched.refresh()
+        if self._only_rebuilt_modules(paths):
+            return  # the module files a build just wrote, already loaded
+        rebuilt = []
+        for component in self.watched.to_rebuild(paths):
+            if not await asyncio.to_thread(_build, component):
+                return
+            rebuilt.append(component.id)
+        await self._reload(f"changed: {_describe(paths, self.settings.manifest.parent)}", rebuilt)
+
+    def _only_rebuilt_modules(self, paths: Sequence[Path]) -> bool:
+        sources = self.watched.sources()
+        if not paths or any(path.resolve() not in sources for path in paths):
+            return False
+        digests = self._current_digests()
+        return all(_digest(path) in digests for path in paths)
+
+
+def _build(component: Component) -> bool:
+    """Run a component's build; on failure log its output and say the old version stays."""
+    assert component.build is not None
+    for command in component.build.commands:
+        result = subprocess.run(
+            command,
+            shell=True,
+            cwd=component.build.workdir,
+            env=build_environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip()
+            log.error(
+                "rebuilding %s failed: `%s` exited with status %d; the running "
+                "version stays live. Its output:\n%s",
+                component.id,
+                command,
+                result.returncode,
+                output,
+            )
+            return False
+    log.info("rebuilt %s", component.id)
+    return True
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _describe(paths: Sequence[Path], folder: Path) -> str:
+    names = []
+    for path in paths[:5]:
+        try:
+            names.append(str(path.resolve().relative_to(folder.resolve())))
+        except ValueError:
+            names.append(str(path))
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return ", ".join(names) + more

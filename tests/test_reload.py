@@ -1,0 +1,303 @@
+"""Hot reload: changes are picked up in place, broken ones never take the server down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, cgi_guest
+
+
+def says(text: str) -> str:
+    return cgi_guest(f"Content-Type: text/plain\n\n{text}".encode())
+
+
+def spin_toml(routes: dict[str, str], extra: str = "") -> str:
+    """A spin.toml with a component per route; component NAME runs NAME.wat."""
+    text = 'spin_manifest_version = 2\n[application]\nname = "r"\n'
+    for route, name in routes.items():
+        text += (
+            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{name}"\n'
+            'executor = { type = "wagi" }\n'
+        )
+    for name in dict.fromkeys(routes.values()):
+        text += f'[component.{name}]\nsource = "{name}.wat"\n'
+    return text + extra
+
+
+def wait_for(server, text: str, count: int = 1, timeout: float = 20) -> str:
+    """Wait until `text` appears `count` times in the server's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log()
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} x{count} not in the log:\n{server.log()}")
+
+
+def get(server, path: str) -> httpx.Response:
+    return httpx.get(server.url + path, timeout=10)
+
+
+def write(path: Path, text: str) -> None:
+    """Replace a file the way editors do: write a new one, then rename it over."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "one.wat").write_text(says("one v1"))
+    (tmp_path / "two.wat").write_text(says("two v1"))
+    (tmp_path / "spin.toml").write_text(spin_toml({"/one": "one", "/two": "two"}))
+    return tmp_path
+
+
+def test_editing_a_module_reloads_it_alone(serve, app):
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    assert get(server, "/one").text == "one v1"
+    write(app / "one.wat", says("one v2"))
+    log = wait_for(server, "reloaded to version 2")
+    assert get(server, "/one").text == "one v2"
+    assert get(server, "/two").text == "two v1"
+    line = next(line for line in log.splitlines() if "reloaded to version 2" in line)
+    assert "changed: one.wat" in line
+    assert "recompiled one" in line and "unchanged two" in line  # two was reused
+
+
+def test_adding_removing_and_rerouting_components(serve, app):
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    (app / "three.wat").write_text(says("three"))
+    write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/three": "three"}))
+    wait_for(server, "reloaded to version 2")
+    assert get(server, "/three").text == "three"
+
+    write(app / "spin.toml", spin_toml({"/one": "one", "/three": "three"}))
+    wait_for(server, "reloaded to version 3")
+    assert get(server, "/two").status_code == 404
+
+    write(app / "spin.toml", spin_toml({"/uno": "one", "/three": "three"}))
+    wait_for(server, "reloaded to version 4")
+    assert get(server, "/one").status_code == 404
+    assert get(server, "/uno").text == "one v1"
+    info = get(server, "/.well-known/wagi/info").json()
+    assert info["version"] == 4
+    assert info["routes"] == {"/uno": "one", "/three": "three"}
+    assert info["loaded_at"].endswith("Z")
+
+
+def test_a_broken_manifest_keeps_the_old_version_until_it_is_fixed(serve, app):
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two"}) + "sorce = 'x'\n")
+    log = wait_for(server, "reload failed")
+    line = next(line for line in log.splitlines() if "reload failed" in line)
+    assert "spin.toml:" in line and "unknown key" in line
+    assert "version 1 is still live" in line
+    assert get(server, "/one").text == "one v1"  # still serving, unchanged
+    assert get(server, "/.well-known/wagi/info").json()["version"] == 1
+
+    write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/1": "one"}))
+    wait_for(server, "reloaded to version 2")
+    assert get(server, "/1").text == "one v1"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing", "bad-import"])
+def test_a_broken_module_keeps_the_old_version(serve, app, damage):
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    if damage == "garbage":
+        write(app / "one.wat", "(module (this is not webassembly")
+        expected = "not a valid WebAssembly module"
+    elif damage == "missing":
+        (app / "one.wat").unlink()
+        expected = "module file not found"
+    else:
+        write(app / "one.wat", '(module (import "env" "magic" (func)))')
+        expected = "imports env::magic"
+    log = wait_for(server, "reload failed")
+    assert expected in log
+    assert get(server, "/one").text == "one v1"
+    write(app / "one.wat", says("one v3"))
+    wait_for(server, "reloaded to version 2")
+    assert get(server, "/one").text == "one v3"
+
+
+def test_changes_that_come_together_make_one_reload(serve, app):
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--watch-debounce", "0.3")
+    for n in range(5):
+        write(app / "one.wat", says(f"one v{n}"))
+        write(app / "two.wat", says(f"two v{n}"))
+        time.sleep(0.02)
+    wait_for(server, "reloaded to version 2")
+    time.sleep(1)
+    assert "reloaded to version 3" not in server.log()
+    assert (get(server, "/one").text, get(server, "/two").text) == ("one v4", "two v4")
+
+
+def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
+    # The "build" turns greeting.txt into greet.wat, as a compiler would turn source into wasm.
+    (app / "greeting.txt").write_text("hello v1")
+    builder = app / "make_greet.py"
+    builder.write_text(
+        "import pathlib, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from conftest import cgi_guest\n"
+        "text = pathlib.Path('greeting.txt').read_text()\n"
+        "if 'break' in text: sys.exit('cannot build: ' + text)\n"
+        "body = b'Content-Type: text/plain\\n\\n' + text.encode()\n"
+        "pathlib.Path('greet.wat').write_text(cgi_guest(body))\n"
+    )
+    tests = Path(__file__).parent
+    build = (
+        f'[component.greet.build]\ncommand = "python make_greet.py {tests}"\n'
+        'watch = ["greeting.txt"]\n'
+    )
+    (app / "spin.toml").write_text(spin_toml({"/greet": "greet"}, build))
+    from conftest import run_wagi
+
+    assert run_wagi("build", "-c", str(app / "spin.toml")).returncode == 0
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    assert get(server, "/greet").text == "hello v1"
+
+    write(app / "greeting.txt", "hello v2")
+    log = wait_for(server, "reloaded to version 2")
+    assert get(server, "/greet").text == "hello v2"
+    assert "rebuilt greet" in log
+
+    write(app / "greeting.txt", "please break")
+    log = wait_for(server, "rebuilding greet failed")
+    assert "cannot build: please break" in log  # the build's own output is shown
+    assert "the running version stays live" in log
+    assert get(server, "/greet").text == "hello v2"
+
+    write(app / "greeting.txt", "hello v3")
+    wait_for(server, "reloaded to version 3")
+    assert get(server, "/greet").text == "hello v3"
+    time.sleep(0.5)  # the module the build wrote needs no second reload
+    assert "reloaded to version 4" not in server.log()
+
+
+def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
+    app = tmp_path / "capp"
+    app.mkdir()
+    (app / "hi.c").write_text(
+        "#include <stdio.h>\nint main(void) { "
+        'printf("Content-Type: text/plain\\n\\nC v1"); return 0; }\n'
+    )
+    (app / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "c"\n'
+        '[[trigger.http]]\nroute = "/hi"\ncomponent = "hi"\nexecutor = { type = "wagi" }\n'
+        '[component.hi]\nsource = "hi.wasm"\n[component.hi.build]\n'
+        'command = "python -m ziglang cc -target wasm32-wasi -O1 hi.c -o hi.wasm"\n'
+        'watch = ["*.c"]\n'
+    )
+    from conftest import run_wagi
+
+    assert run_wagi("build", "-c", str(app / "spin.toml"), timeout=300).returncode == 0
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    assert get(server, "/hi").text == "C v1"
+    write(app / "hi.c", (app / "hi.c").read_text().replace("C v1", "C v2"))
+    wait_for(server, "reloaded to version 2", timeout=120)
+    assert get(server, "/hi").text == "C v2"
+
+
+def test_sighup_reloads_without_watching(serve, app):
+    server = serve("-c", str(app / "spin.toml"))
+    (app / "one.wat").write_text(says("one after hup"))
+    server.process.send_signal(signal.SIGHUP)
+    wait_for(server, "reloaded to version 2 in")
+    assert "(SIGHUP)" in server.log()
+    assert get(server, "/one").text == "one after hup"
+
+
+def test_env_file_changes_reload(serve, app, example_apps):
+    env_wasm = (ROOT / "apps/env/env.wasm").read_bytes()
+    (app / "env.wasm").write_bytes(env_wasm)
+    (app / "vars.env").write_text("MOOD=calm\n")
+    (app / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "e"\n'
+        '[[trigger.http]]\nroute = "/env"\ncomponent = "env"\nexecutor = { type = "wagi" }\n'
+        '[component.env]\nsource = "env.wasm"\n'
+    )
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--env-file", str(app / "vars.env"))
+    assert "MOOD=calm\n" in get(server, "/env").text
+    write(app / "vars.env", "MOOD=excited\n")
+    wait_for(server, "reloaded to version 2")
+    assert "MOOD=excited\n" in get(server, "/env").text
+
+
+def test_workers_reload_together(serve, app):
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", "2")
+    wait_for(server, "wagi: ready", count=2)
+    write(app / "one.wat", says("one v2"))
+    wait_for(server, "reloaded to version 2", count=2)  # both workers
+    assert "telling the workers to reload" in server.log()
+    assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
+
+
+def test_no_request_fails_while_the_app_reloads_again_and_again(serve, app):
+    """A client keeps asking while the app is reloaded many times: nothing may fail, and
+    every answer comes from one of the two versions."""
+    versions = {"one version A", "one version B"}
+    (app / "one.wat").write_text(says("one version A"))
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--watch-debounce", "0.02")
+    stop = threading.Event()
+    answers: list[tuple[int, str]] = []
+
+    def keep_asking() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get("/one")
+                    answers.append((response.status_code, response.text))
+                except httpx.HTTPError as error:
+                    answers.append((0, repr(error)))
+
+    clients = [threading.Thread(target=keep_asking) for _ in range(4)]
+    for client in clients:
+        client.start()
+    reloads = 12
+    for n in range(reloads):
+        write(app / "one.wat", says("one version B" if n % 2 == 0 else "one version A"))
+        wait_for(server, f"reloaded to version {n + 2}")
+    stop.set()
+    for client in clients:
+        client.join()
+    failures = [answer for answer in answers if answer[0] != 200 or answer[1] not in versions]
+    assert failures == []
+    assert len(answers) > 100
+    seen = {text for _, text in answers}
+    assert seen == versions  # both versions were really served
+    assert "Traceback" not in server.log()
+
+
+def test_old_versions_are_released_once_their_requests_end(tmp_path):
+    """A retired version stays open while a request uses it, then closes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gateway.config import Settings
+    from gateway.engine import Engine
+    from gateway.loader import load_app
+    from gateway.manifest import load_manifest
+
+    (tmp_path / "one.wat").write_text(says("x"))
+    (tmp_path / "spin.toml").write_text(spin_toml({"/one": "one"}, 'files = ["one.wat"]\n'))
+    settings = Settings(manifest=tmp_path / "spin.toml", cache_dir=tmp_path / "cache")
+    engine = Engine(settings.cache_dir)
+    old = load_app(load_manifest(settings.manifest), settings, engine)
+    staged = Path(old.components["one"].mounts[0][0])
+    old.requests += 1  # a request in flight
+    new = load_app(load_manifest(settings.manifest), settings, engine, previous=old)
+    assert new.components["one"].module.how == "reused"
+    old.retire()
+    assert staged.exists()  # still in use
+    old.request_done()
+    assert not staged.exists()  # released with its last request
+    new.close()
