@@ -21,11 +21,13 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from . import cgi
+from . import cgi, metrics
 from .config import MAX_HEAD_SIZE, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import Handler, LoadedApp
+from .metrics import Metrics
+from .proxy import Forwarded, TrustedProxies
 from .routing import BadPath, Match, RequestPath
 
 log = logging.getLogger("wagi")
@@ -38,6 +40,9 @@ Send = Callable[[dict], Awaitable[None]]
 LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
 READINESS_PATH = "/readyz"
 INFO_PATH = "/.well-known/wagi/info"
+METRICS_PATH = "/metrics"
+# Seconds between updates of the pool metrics (and at every scrape).
+POOL_METRICS_INTERVAL = 5.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # The status for each way a guest can fail.
@@ -50,6 +55,8 @@ FAILURE_STATUS = {
     Failure.TIMEOUT: 504,
     Failure.CANCELLED: 503,
 }
+# Failures that are a limit at work (counted as limit violations in the metrics).
+LIMIT_FAILURES = frozenset({Failure.TIMEOUT, Failure.MEMORY, Failure.OUTPUT})
 REASONS = {
     400: "Bad Request",
     404: "Not Found",
@@ -88,6 +95,8 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self.metrics = Metrics()
+        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -124,8 +133,14 @@ class Gateway:
             return
         self._install(loaded)
         log.info("ready: version %d, %d routes", loaded.version, len(loaded.routes.routes))
+        self._spawn(self._sync_pool_metrics())
         for run in self.background:
             self._spawn(run())
+
+    async def _sync_pool_metrics(self) -> None:
+        while True:
+            self.metrics.sync_pools(self.loaded)
+            await asyncio.sleep(POOL_METRICS_INTERVAL)
 
     def module_digests(self) -> set[str]:
         """The contents of the running version's modules."""
@@ -136,7 +151,9 @@ class Gateway:
         self.version += 1
         loaded.version = self.version
         old, self.loaded = self.loaded, loaded
+        self.metrics.loaded(loaded)
         if old is not None:
+            self.metrics.sync_pools(old)  # count its last takes before it goes
             old.retire()
 
     async def reload(self, reason: str, rebuilt: Sequence[str] = ()) -> bool:
@@ -195,6 +212,7 @@ class Gateway:
         try:
             if head_size > MAX_HEAD_SIZE:
                 # hypercorn limits only heads that arrive in pieces; this catches the rest.
+                self.metrics.limit("", "head")
                 await _respond(send, request_id, 431, f"more than {MAX_HEAD_SIZE} bytes")
                 return
             await self._handle(scope, receive, send, request_id)
@@ -209,6 +227,11 @@ class Gateway:
         path = scope["path"]
         if path in LIVENESS_PATHS:
             await _respond(send, request_id, 200, "OK")
+            return
+        if path == METRICS_PATH:
+            self.metrics.sync_pools(self.loaded)
+            body = self.metrics.render()
+            await _send(send, 200, body, metrics.CONTENT_TYPE, request_id)
             return
         if path == READINESS_PATH:
             ready = self.loaded is not None and not self.draining
@@ -249,19 +272,53 @@ class Gateway:
             return
         handler = match.route.target
         try:
-            status, sent = await self._serve_route(scope, receive, send, request_id, match, handler)
+            status, sent, guest = await self._serve_route(
+                scope, receive, send, request_id, match, handler
+            )
         except cgi.BadRequest as error:
-            status, sent = await _respond(send, request_id, 400, str(error)), 0
-        access_log.info(
-            "%s %s %s %d %d %s %.1fms",
-            request_id,
-            scope["method"],
-            path,
-            status,
-            sent,
-            handler.component.id,
-            (time.perf_counter() - started) * 1000,
-        )
+            status, sent, guest = await _respond(send, request_id, 400, str(error)), 0, 0.0
+        self._record(request_id, scope, handler, status, sent, started, guest)
+
+    def _record(
+        self,
+        request_id: str,
+        scope: Scope,
+        handler: Handler,
+        status: int,
+        sent: int,
+        started: float,
+        guest: float,
+    ) -> None:
+        """One access-log line and the request metrics."""
+        seconds = time.perf_counter() - started
+        component, route = handler.component.id, handler.pattern.text
+        self.metrics.request(component, route, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            method, path = scope["method"], scope["path"]
+            access_log.info(
+                "%s %s %s %d %dB %s %.1fms (guest %.1fms)",
+                request_id,
+                method,
+                path,
+                status,
+                sent,
+                component,
+                seconds * 1000,
+                guest * 1000,
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": method,
+                        "path": path,
+                        "component": component,
+                        "route": route,
+                        "status": status,
+                        "bytes": sent,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "guest_ms": round(guest * 1000, 3),
+                    }
+                },
+            )
 
     async def _serve_route(
         self,
@@ -271,11 +328,13 @@ class Gateway:
         request_id: str,
         match: Match,
         handler: Handler,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, float]:
+        """Serve a matched request: (status, body bytes sent, seconds the guest ran)."""
         component = handler.component
         limits = component.limits
 
-        def refuse(status: int, reason: str, retry: bool = False) -> Awaitable[int]:
+        def refuse(status: int, reason: str, kind: str, retry: bool = False) -> Awaitable[int]:
+            self.metrics.limit(component.id, kind)
             log.warning(
                 "%s: %d, component %s, route %s: %s",
                 request_id,
@@ -286,20 +345,22 @@ class Gateway:
             )
             return _respond(send, request_id, status, reason, retry=retry)
 
+        too_large = f"the body is larger than {limits.max_body_size} bytes"
         if _declared_length(scope) > limits.max_body_size:
-            return await refuse(413, f"the body is larger than {limits.max_body_size} bytes"), 0
+            return await refuse(413, too_large, "body"), 0, 0.0
         try:
             async with asyncio.timeout(self.settings.client_timeout):
                 body = await _read_body(receive, limits.max_body_size)
         except TimeoutError:
-            return await refuse(408, "the body did not arrive in time"), 0
+            return await refuse(408, "the body did not arrive in time", "slow_body"), 0, 0.0
         except BodyTooLarge:
-            return await refuse(413, f"the body is larger than {limits.max_body_size} bytes"), 0
+            return await refuse(413, too_large, "body"), 0, 0.0
         if body is None:
-            return 499, 0  # the client went away
+            return 499, 0, 0.0  # the client went away
         admission = component.admission
         if not admission.try_enter() and not await admission.enter():
-            return await refuse(503, f"too many requests for {component.id}", retry=True), 0
+            reason = f"too many requests for {component.id}"
+            return await refuse(503, reason, "concurrency", retry=True), 0, 0.0
         try:
             outcome = await self.executor.run(
                 component.pool,
@@ -309,10 +370,14 @@ class Gateway:
             )
         finally:
             admission.leave()
-        return await self._answer(send, request_id, handler, outcome, scope["method"])
+        self.metrics.guest(component.id, outcome.seconds)
+        status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
+        return status, sent, outcome.seconds
 
     def _invocation(self, scope: Scope, match: Match, handler: Handler, body: bytes) -> Invocation:
         request = _cgi_request(scope, len(body))
+        if self.proxies.enabled:
+            _apply_forwarding(request, self.proxies.resolve(_peer(scope), scope["headers"]))
         return Invocation(
             argv=cgi.argv(handler.argv, request),
             env=cgi.request_environment(request, match, handler.optional_env),
@@ -329,6 +394,8 @@ class Gateway:
             component.log.write(request_id, outcome.stderr)
         if outcome.failure is not None:
             status = FAILURE_STATUS[outcome.failure]
+            if outcome.failure in LIMIT_FAILURES:
+                self.metrics.limit(component.id, outcome.failure)
             log.error(
                 "%s: %d, component %s, route %s: %s: %s",
                 request_id,
@@ -389,17 +456,25 @@ def _info(loaded: LoadedApp) -> dict:
 
 async def _respond_json(send: Send, request_id: str, document: dict) -> None:
     body = json.dumps(document, indent=2).encode() + b"\n"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
+    await _send(send, 200, body, b"application/json", request_id)
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    request_id: str,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """A complete response of the gateway's own."""
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -417,6 +492,23 @@ def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:
         client=scope.get("client"),
         server=scope.get("server"),
     )
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _apply_forwarding(request: cgi.Request, forwarded: Forwarded | None) -> None:
+    """Use what a trusted proxy says about the original request."""
+    if forwarded is None:
+        return
+    if forwarded.client is not None:
+        request.client = forwarded.client
+    if forwarded.scheme is not None:
+        request.scheme = forwarded.scheme
+    if forwarded.host is not None:
+        request.forwarded_host = forwarded.host
 
 
 def _request_id_and_head_size(scope: Scope) -> tuple[str, int]:
@@ -463,13 +555,6 @@ async def _respond(
     """A short plain-text answer: the status's reason, then the detail if any."""
     text = REASONS.get(status, "OK") + (f": {detail}" if detail and status != 200 else "")
     body = (detail if status == 200 else text).encode() + b"\n"
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    if retry:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    extra = [(b"retry-after", b"1")] if retry else []
+    await _send(send, status, body, b"text/plain; charset=utf-8", request_id, extra)
     return status

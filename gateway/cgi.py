@@ -50,6 +50,8 @@ class Request:
     client: tuple[str, int] | None = None
     # The address the server listens on: SERVER_NAME/PORT without a Host header.
     server: tuple[str, int] | None = None
+    # The host a trusted proxy says the client asked for (instead of the Host header).
+    forwarded_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def request_environment(request: Request, match: Match, optional: dict[str, str]
     if "\x00" in request.raw_path or "\x00" in request.query:
         raise BadRequest("the request target holds a NUL byte")
     env, host, content_type = _header_variables(request.headers)
-    server_name, server_port = _server_address(request, host)
+    server_name, server_port = _server_address(request, request.forwarded_host or host)
     client_host, client_port = request.client or ("", 0)
     query = request.query
     env["SERVER_PROTOCOL"] = request.protocol

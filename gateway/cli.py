@@ -25,6 +25,7 @@ from .config import (
 from .engine import LoadError
 from .logs import setup_logging
 from .manifest import ManifestError, load_manifest
+from .proxy import TrustedProxies
 
 log = logging.getLogger("wagi")
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, log_format=getattr(args, "log_format", "text"))
     try:
         return args.run(args)
     except USER_ERRORS as error:
@@ -97,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        default="",
+        help="proxies (addresses or networks, comma-separated, or *) whose "
+        "X-Forwarded-For/-Proto/-Host and Forwarded headers are believed "
+        "(default: none)",
+    )
     serve.add_argument(
         "--build", action="store_true", help="run the components' build commands first"
     )
@@ -184,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long requests in flight may still take (default: %(default)s)",
     )
     _add_log_option(serve)
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="gateway log lines as readable text or JSON (default: %(default)s)",
+    )
     serve.set_defaults(run=_serve)
 
     build = commands.add_parser(
@@ -250,6 +265,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.env_file:
         parse_env_file(args.env_file)  # a broken env file fails now, not at load
     env = [parse_env_pair(pair) for pair in args.env]
+    TrustedProxies(args.forwarded_allow_ips)  # refuse a bad address list now
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
@@ -267,10 +283,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         workers=args.workers,
         pool_size=args.pool_size,
         log_level=args.log_level,
+        log_format=args.log_format,
         engine=EngineSettings(max_instances=args.max_instances),
         limits=_limits(args),
         client_timeout=parse_duration(args.client_timeout),
         watch=args.watch,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         watch_debounce=parse_duration(args.watch_debounce),
         grace_period=parse_duration(args.grace_period),
     )

@@ -209,6 +209,7 @@ class Settings:
     # Processes serving requests, each with its own event loop and instance pools.
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
     # Threads that run guests past their first slice (wasm runs with the GIL released).
     # More than the cores, so that slow guests of one component leave room for others.
     guest_threads: int = field(default_factory=lambda: 4 * (os.cpu_count() or 2))
@@ -220,6 +221,8 @@ class Settings:
     client_timeout: float = 30.0
     # Seconds a SIGTERM waits for requests in flight before the process exits anyway.
     grace_period: float = 30.0
+    # Proxies whose X-Forwarded-*/Forwarded headers are believed: addresses, networks, `*`.
+    forwarded_allow_ips: str = ""
     # Reload when the manifest, modules, mounted files or the env file change.
     watch: bool = False
     # Changes that come within this many seconds of each other make one reload.

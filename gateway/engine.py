@@ -55,6 +55,8 @@ class Outcome:
     # Why the guest did not succeed (one of the Failure names), and in words.
     failure: str | None = None
     error: str | None = None
+    # Seconds from the start of the guest to its end (set by the executor).
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:

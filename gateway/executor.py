@@ -50,6 +50,14 @@ class Executor:
         self, pool: InstancePool, entrypoint: str, invocation: Invocation, limits: Limits
     ) -> Outcome:
         """Run one request's guest within `limits`; return what it produced."""
+        started = time.monotonic()
+        outcome = await self._run(pool, entrypoint, invocation, limits)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    async def _run(
+        self, pool: InstancePool, entrypoint: str, invocation: Invocation, limits: Limits
+    ) -> Outcome:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + limits.request_timeout
         try:

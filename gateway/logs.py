@@ -1,7 +1,14 @@
-"""The gateway log, and one log file per component for its guest's stderr."""
+"""The gateway's log (readable text or JSON lines), and one file per component for its
+guest's stderr.
+
+Log records may carry structured fields (`extra={"fields": {...}}`): the access log's
+request id, status, duration and so on. The text format shows the message; the JSON
+format writes every field as a key.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -10,13 +17,39 @@ from pathlib import Path
 guest_log = logging.getLogger("wagi.guest")
 
 
-def setup_logging(level: str = "info", prefix: str = "") -> None:
-    """Send the gateway's log to stderr, one readable line per event."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's fields."""
+
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.worker:
+            document["worker"] = self.worker
+        document.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", prefix: str = "", log_format: str = "text") -> None:
+    """Send the gateway's log to stderr, one line per event."""
     handler = logging.StreamHandler(sys.stderr)
-    tag = f"[{prefix}] " if prefix else ""
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s", "%H:%M:%S")
-    )
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(prefix))
+    else:
+        tag = f"[{prefix}] " if prefix else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s", "%H:%M:%S")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -33,12 +66,24 @@ class ComponentLog:
             self._file = open(log_dir / f"{component_id}.log", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, request_id: str, stderr: bytes) -> None:
-        """Record a run's stderr, each line tagged with the request id."""
+        """Record a run's stderr, each line tagged with the component and request id."""
         text = stderr.decode("utf-8", "replace")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         lines = text.splitlines()
         for line in lines:
-            guest_log.info("[%s %s] %s", self.component_id, request_id, line)
+            guest_log.info(
+                "[%s %s] %s",
+                self.component_id,
+                request_id,
+                line,
+                extra={
+                    "fields": {
+                        "component": self.component_id,
+                        "request_id": request_id,
+                        "stderr": line,
+                    }
+                },
+            )
         if self._file is not None:
             self._file.writelines(f"{stamp} {request_id} {line}\n" for line in lines)
             self._file.flush()

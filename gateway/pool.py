@@ -35,6 +35,10 @@ class InstancePool:
         self.misses = 0
         self.closed = False
 
+    def __len__(self) -> int:
+        """How many instances are ready now."""
+        return len(self._ready)
+
     def take(self) -> Instance:
         """A ready instance, or a new one if none is ready."""
         try:

@@ -8,10 +8,13 @@ cache and serve on the shared sockets. A worker that dies is replaced.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +30,7 @@ from .executor import Executor
 from .loader import LoadedApp, load_app
 from .logs import setup_logging
 from .manifest import Manifest, ManifestError, load_manifest
+from .metrics import MULTIPROCESS_FOLDER
 
 if TYPE_CHECKING:
     import multiprocessing
@@ -58,6 +62,7 @@ def serve(settings: Settings) -> None:
         return
     manifest, digests = _load_once(settings)
     _announce(settings, manifest)
+    _share_metrics_between_workers()
     sockets = listening_sockets(hypercorn_config(settings))
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
     if settings.watch:
@@ -131,6 +136,16 @@ def _load_once(settings: Settings) -> tuple[Manifest, set[str]]:
     return manifest, set(app.modules())
 
 
+def _share_metrics_between_workers() -> None:
+    """Give the workers a folder for prometheus-client's multiprocess mode (unless the
+    operator chose one), removed when the supervisor exits."""
+    if os.environ.get(MULTIPROCESS_FOLDER):
+        return
+    folder = tempfile.mkdtemp(prefix="wagi-metrics-")
+    os.environ[MULTIPROCESS_FOLDER] = folder  # inherited by the workers it spawns
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def _watch_for_workers(settings: Settings, supervisor: Supervisor, running: set[str]) -> None:
     """With several workers, changes are checked once, here: rebuild, load the new version
     (which fills the compiled cache), and only if it is good tell the workers to reload."""
@@ -164,7 +179,7 @@ def _watch_for_workers(settings: Settings, supervisor: Supervisor, running: set[
 
 
 def _worker_main(number: int, sockets: list[socket.socket], settings: Settings) -> None:
-    setup_logging(settings.log_level, prefix=f"worker {number}")
+    setup_logging(settings.log_level, f"worker {number}", settings.log_format)
     try:
         _serve_in_process(settings, sockets)
     except (ConfigError, ManifestError, LoadError) as error:
@@ -230,6 +245,10 @@ class Supervisor:
     def _reap(self, number: int, worker: multiprocessing.Process) -> None:
         worker.join()
         del self.workers[number]
+        if os.environ.get(MULTIPROCESS_FOLDER) and worker.pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)  # its gauges no longer count
         if self.stopping:
             return
         lived = time.monotonic() - self.started[number]

@@ -1,0 +1,111 @@
+"""Metrics at /metrics and structured logs."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+
+from conftest import cgi_guest
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (0 if absent)."""
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        found = ",".join(sorted(sample_labels.rstrip("}").split(","))) if sample_labels else ""
+        if sample_name == name and found == selector:
+            return float(value)
+    return 0.0
+
+
+def app(tmp_path):
+    (tmp_path / "hi.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nhi\n", b"a note\n"))
+    (tmp_path / "spin.wat").write_text('(module (func (export "_start") (loop $l (br $l))))')
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/hi"\nmodule = "hi.wat"\npool_size = 2\n\n'
+        '[[module]]\nroute = "/spin"\nmodule = "spin.wat"\nrequest_timeout = "200ms"\n'
+    )
+    return tmp_path / "modules.toml"
+
+
+def test_metrics_count_requests_latency_guests_pools_cache_and_limits(serve, tmp_path):
+    server = serve("-c", str(app(tmp_path)))
+    for _ in range(5):
+        assert httpx.get(f"{server.url}/hi", timeout=10).status_code == 200
+    assert httpx.get(f"{server.url}/spin", timeout=10).status_code == 504
+    assert httpx.post(f"{server.url}/hi", content=b"x" * (11 << 20), timeout=30).status_code == 413
+    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="200") == 5
+    assert metric(text, "wagi_requests_total", component="spin", route="/spin", status="504") == 1
+    assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="413") == 1
+    assert metric(text, "wagi_request_duration_seconds_count", component="hi", route="/hi") == 6
+    assert metric(text, "wagi_guest_duration_seconds_count", component="hi") == 5
+    assert metric(text, "wagi_guest_duration_seconds_sum", component="spin") >= 0.2
+    assert metric(text, "wagi_limit_violations_total", component="spin", kind="timeout") == 1
+    assert metric(text, "wagi_limit_violations_total", component="hi", kind="body") == 1
+    takes = metric(text, "wagi_pool_takes_total", component="hi", result="hit") + metric(
+        text, "wagi_pool_takes_total", component="hi", result="miss"
+    )
+    assert takes == 5
+    assert metric(text, "wagi_pool_ready_instances", component="hi") == 2  # refilled
+    assert metric(text, "wagi_module_loads_total", how="compiled") == 2
+    assert metric(text, "wagi_app_version") == 1
+
+
+def test_metrics_add_up_over_workers(serve, tmp_path):
+    server = serve("-c", str(app(tmp_path)), "--workers", "2")
+    deadline = time.monotonic() + 20
+    while server.log().count("wagi: ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(40):  # fresh connections, spread over both workers
+        assert httpx.get(f"{server.url}/hi", timeout=10).status_code == 200
+    assert len(set(re.findall(r"\[(worker \d)\] wagi\.access", server.log()))) == 2
+    for _ in range(3):  # whichever worker answers, it reports both
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="200") == 40
+    assert metric(text, "wagi_module_loads_total", how="cached") == 4  # 2 modules x 2 workers
+
+
+def test_json_logs_carry_the_access_fields_and_tag_guest_stderr(serve, tmp_path):
+    server = serve("-c", str(app(tmp_path)), "--log-format", "json")
+    response = httpx.get(f"{server.url}/hi", timeout=10)
+    request_id = response.headers["x-request-id"]
+    time.sleep(0.2)
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    access = next(r for r in records if r["logger"] == "wagi.access")
+    assert access["request_id"] == request_id
+    assert (access["method"], access["path"], access["component"], access["route"]) == (
+        "GET",
+        "/hi",
+        "hi",
+        "/hi",
+    )
+    assert (access["status"], access["bytes"]) == (200, 3)
+    assert access["duration_ms"] >= access["guest_ms"] > 0
+    assert access["time"].endswith("Z")
+    stderr = next(r for r in records if r["logger"] == "wagi.guest")
+    assert (stderr["component"], stderr["request_id"], stderr["stderr"]) == (
+        "hi",
+        request_id,
+        "a note",
+    )
+
+
+def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
+    server = serve("-c", str(app(tmp_path)))
+    request_id = httpx.get(f"{server.url}/hi", timeout=10).headers["x-request-id"]
+    time.sleep(0.2)
+    line = next(
+        line for line in server.log().splitlines() if "wagi.access" in line and request_id in line
+    )
+    assert re.search(rf"{request_id} GET /hi 200 3B hi [\d.]+ms \(guest [\d.]+ms\)$", line)
