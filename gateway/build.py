@@ -52,7 +52,12 @@ def build_environment() -> dict[str, str]:
     return env
 
 
-def build_component(component: Component, echo: Callable[[str], None] = print) -> BuildResult:
+def say(line: str) -> None:
+    """Print a progress line now, before the output of the command it announces."""
+    print(line, flush=True)
+
+
+def build_component(component: Component, echo: Callable[[str], None] = say) -> BuildResult:
     """Run a component's build commands in its workdir; raise BuildError on failure."""
     assert component.build is not None
     started = time.perf_counter()

@@ -22,9 +22,10 @@ from .config import (
     parse_limit,
     parse_listen,
 )
-from .engine import LoadError
+from .engine import Engine, LoadError
+from .loader import human_size
 from .logs import setup_logging
-from .manifest import ManifestError, load_manifest
+from .manifest import Component, ManifestError, load_manifest
 from .proxy import TrustedProxies
 
 log = logging.getLogger("wagi")
@@ -215,6 +216,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_log_option(build)
     build.set_defaults(run=_build)
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="fill the compiled-module cache",
+        description="Compile every module of the app into the compiled-module cache, so that "
+        "`wagi serve` (a container, say) starts without compiling.",
+    )
+    _add_manifest_option(compile_)
+    compile_.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        default=default_cache_dir(),
+        help="compiled-module cache (default: %(default)s)",
+    )
+    _add_log_option(compile_)
+    compile_.set_defaults(run=_compile)
     return parser
 
 
@@ -328,6 +346,34 @@ def _serve(args: argparse.Namespace) -> int:
             return status
     serve(settings)
     return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    manifest = load_manifest(_manifest_path(args))
+    engine = Engine(args.cache_dir)
+    by_source: dict[Path, Component] = {}  # each module once, named by its first user
+    for component in manifest.components.values():
+        by_source.setdefault(component.source, component)
+    width = max(len(source.name) for source in by_source)
+    compiled = 0
+    for source, component in by_source.items():
+        size = human_size(source.stat().st_size)
+        print(f"{source.name:<{width}}  {size:>9}  ", end="", flush=True)
+        try:
+            loaded = engine.load(
+                source, compiling=lambda *_: print("compiling... ", end="", flush=True)
+            )
+        except LoadError as error:
+            print("failed")
+            raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+        print(f"done in {_seconds(loaded.seconds)}" if loaded.how == "compiled" else "cached")
+        compiled += loaded.how == "compiled"
+    print(f"{len(by_source)} modules, {compiled} compiled, in {engine.cache.folder}")
+    return 0
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _build(args: argparse.Namespace) -> int:

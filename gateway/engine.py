@@ -20,8 +20,10 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import time
 from collections import deque
+from collections.abc import Callable
 from ctypes import byref, c_void_p
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,10 +144,17 @@ class Engine:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return f"wasmtime-{platform.machine()}-{digest}"
 
-    def load(self, source: Path, loaded: dict[str, wasmtime.Module] | None = None) -> LoadedModule:
+    def load(
+        self,
+        source: Path,
+        loaded: dict[str, wasmtime.Module] | None = None,
+        compiling: Callable[[Path, int], None] | None = None,
+    ) -> LoadedModule:
         """Compile a `.wasm` or `.wat` file, or read its compiled form from the cache.
 
         `loaded` maps digests to modules this process has already: those are reused.
+        `compiling(source, size)` is called just before a compilation starts (which can
+        take seconds for a large module).
         """
         try:
             module_bytes = source.read_bytes()
@@ -158,6 +167,8 @@ class Engine:
             entry = self.cache.entry(digest)
             module, how = (self.cache.load(self.wasmtime, entry) if entry else None), "cached"
         if module is None:
+            if compiling is not None:
+                compiling(source, len(module_bytes))
             module, how = self._compile(source, module_bytes), "compiled"
             if entry:
                 self.cache.store(module, entry)
@@ -168,7 +179,7 @@ class Engine:
         try:
             return wasmtime.Module(self.wasmtime, module_bytes)
         except wasmtime.WasmtimeError as error:
-            raise LoadError(f"{source}: not a valid WebAssembly module: {error}") from None
+            raise LoadError(f"{source}: not a valid WebAssembly module: {_chain(error)}") from None
 
     def link(self, module: wasmtime.Module, name: str) -> Program:
         """Resolve a module's imports against WASI once, for cheap instantiation."""
@@ -183,7 +194,7 @@ class Engine:
         try:
             instance_pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as error:
-            raise LoadError(f"{name}: cannot link: {error}") from None
+            raise LoadError(f"{name}: cannot link: {_chain(error)}") from None
         return Program(self, module, instance_pre)
 
     def tick(self) -> None:
@@ -252,6 +263,24 @@ class Program:
             reason = native.error_text(error) if error else native.trap_details(trap.value)[0]
             raise LoadError(f"cannot instantiate: {reason}")
         return Instance(store, context, handle, "_initialize" in self.exports, memory_limit)
+
+
+def _chain(error: Exception) -> str:
+    """wasmtime's multi-line error as one line: its causes joined, a WAT error's source
+    diagram reduced to its line and column."""
+    parts: list[str] = []
+    for raw in str(error).splitlines():
+        line = raw.strip()
+        if line.startswith("--> ") and parts:  # `--> <anon>:4:4`, then the diagram
+            _, row, column = line.rsplit(":", 2)
+            parts[-1] += f" (line {row}, column {column})"
+        elif line and line != "Caused by:" and not _DIAGRAM.match(line):
+            parts.append(_CAUSE_NUMBER.sub("", line))
+    return ": ".join(parts)
+
+
+_DIAGRAM = re.compile(r"^\d* *\|")  # `|` and `4 |   (bogus))` lines of a WAT error
+_CAUSE_NUMBER = re.compile(r"^\d+: ")  # `0: ...`, `1: ...` in a list of causes
 
 
 def _one_line(message: str) -> str:

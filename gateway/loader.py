@@ -25,6 +25,18 @@ from .routing import Route, RouteClash, RoutePattern, RouteSyntaxError, RouteTab
 
 log = logging.getLogger("wagi.loader")
 
+# Modules this big take a noticeable time to compile: say so before starting.
+LARGE_MODULE = 1 << 20
+
+
+def human_size(size: int) -> str:
+    """`812 B`, `36 KiB`, `3.3 MiB`."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1 << 20:
+        return f"{size // 1024} KiB"
+    return f"{size / (1 << 20):.1f} MiB"
+
 
 @dataclass
 class ComponentRuntime:
@@ -228,8 +240,17 @@ def _prepare(
 def _load_module(
     component: Component, engine: Engine, known: dict[str, wasmtime.Module]
 ) -> LoadedModule:
+    def compiling(source: Path, size: int) -> None:
+        if size >= LARGE_MODULE:
+            log.info(
+                "component %s: compiling %s (%s), this may take a while",
+                component.id,
+                source.name,
+                human_size(size),
+            )
+
     try:
-        loaded = engine.load(component.source, known)
+        loaded = engine.load(component.source, known, compiling)
     except LoadError as error:
         raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
     how = {
@@ -238,10 +259,10 @@ def _load_module(
         "reused": "unchanged, reused",
     }[loaded.how]
     log.info(
-        "component %s: %s (%d KiB) %s in %.1f ms",
+        "component %s: %s (%s) %s in %.1f ms",
         component.id,
         component.source.name,
-        max(loaded.size // 1024, 1),
+        human_size(loaded.size),
         how,
         loaded.seconds * 1000,
     )
