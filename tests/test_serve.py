@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import textwrap
 import threading
@@ -364,7 +365,8 @@ def test_wagi_volumes_are_mounted_read_only(serve, tmp_path, c_guest):
     assert not (tmp_path / "assets" / "y.txt").exists()
 
 
-def test_tls(serve, example_apps, tmp_path):
+@pytest.fixture
+def tls_server(serve, example_apps, tmp_path):
     authority = trustme.CA()
     certificate = authority.issue_cert("127.0.0.1", "localhost")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -381,12 +383,64 @@ def test_tls(serve, example_apps, tmp_path):
         str(key_path),
         verify=context,
     )
+    return server, context
+
+
+def test_tls(tls_server):
+    server, context = tls_server
     response = httpx.get(server.url + "/hello", verify=context, timeout=10)
     assert response.text == "Hello from WebAssembly!\n"
-    assert (
-        "X_FULL_URL=https://127.0.0.1:"
-        in httpx.get(server.url + "/env", verify=context, timeout=10).text
+    assert response.http_version == "HTTP/1.1"
+    text = httpx.get(server.url + "/env", verify=context, timeout=10).text
+    assert "X_FULL_URL=https://127.0.0.1:" in text
+    assert "HTTPS=on\n" in text
+
+
+def test_http2_over_tls(tls_server):
+    server, context = tls_server
+    with httpx.Client(http2=True, verify=context, timeout=10) as client:
+        responses = [client.get(server.url + path) for path in ("/hello", "/env", "/hello")]
+    assert {r.http_version for r in responses} == {"HTTP/2"}  # negotiated with ALPN
+    assert responses[0].text == "Hello from WebAssembly!\n"
+    assert "SERVER_PROTOCOL=HTTP/2\n" in responses[1].text
+
+
+def test_http2_in_clear_text_with_prior_knowledge(example):
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.send_headers(
+        1,
+        [
+            (":method", "GET"),
+            (":path", "/hello"),
+            (":scheme", "http"),
+            (":authority", f"127.0.0.1:{example.port}"),
+        ],
+        end_stream=True,
     )
+    status, body = None, b""
+    with socket.create_connection(("127.0.0.1", example.port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(len(event.data), event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    sock.sendall(connection.data_to_send())
+                    assert (status, body) == (b"200", b"Hello from WebAssembly!\n")
+                    return
+            sock.sendall(connection.data_to_send())
+    raise AssertionError(f"no complete HTTP/2 answer: {status!r} {body!r}")
 
 
 # ------------------------------------------------------------------- the command line
