@@ -85,8 +85,9 @@ class Server:
         log_path: Path,
         env: dict[str, str] | None = None,
         verify: ssl.SSLContext | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.verify = verify
         self.url = f"{'https' if verify else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -193,3 +194,23 @@ def cgi_guest(
     (call $write (i32.const 2) (i32.const {err_at}) (i32.const {len(stderr)}))
     {ending}))
 """
+
+
+def sleeper(seconds: float, says: bytes = b"slept") -> str:
+    """A guest that sleeps in WASI, then answers."""
+    answer = b"Content-Type: text/plain\n\n" + says
+    return f"""
+    (module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 300) "{wat_string(answer)}")
+      (func (export "_start")
+        (i64.store (i32.const 24) (i64.const {int(seconds * 1e9)}))
+        (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200)))
+        (i32.store (i32.const 400) (i32.const 300))
+        (i32.store (i32.const 404) (i32.const {len(answer)}))
+        (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))
+    """

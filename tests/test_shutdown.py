@@ -12,31 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest, wat_string
+from conftest import cgi_guest, sleeper
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.engine import Engine
 from gateway.executor import Executor
-
-
-def sleeper(seconds: float, says: bytes = b"slept") -> str:
-    """A guest that sleeps in WASI, then answers."""
-    answer = b"Content-Type: text/plain\n\n" + says
-    return f"""
-    (module
-      (import "wasi_snapshot_preview1" "poll_oneoff"
-        (func $poll (param i32 i32 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "fd_write"
-        (func $write (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (data (i32.const 300) "{wat_string(answer)}")
-      (func (export "_start")
-        (i64.store (i32.const 24) (i64.const {int(seconds * 1e9)}))
-        (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200)))
-        (i32.store (i32.const 400) (i32.const 300))
-        (i32.store (i32.const 404) (i32.const {len(answer)}))
-        (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))
-    """
 
 
 def app_folder(tmp_path: Path, seconds: float) -> Path:
