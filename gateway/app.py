@@ -28,7 +28,15 @@ from .executor import Executor
 from .loader import Handler, LoadedApp
 from .metrics import Metrics
 from .proxy import Forwarded, TrustedProxies
-from .routing import BadPath, Match, RequestPath
+from .routing import (
+    INFO_PATH,
+    LIVENESS_PATHS,
+    METRICS_PATH,
+    READINESS_PATH,
+    BadPath,
+    Match,
+    RequestPath,
+)
 
 log = logging.getLogger("wagi")
 access_log = logging.getLogger("wagi.access")
@@ -37,10 +45,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
-LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
-READINESS_PATH = "/readyz"
-INFO_PATH = "/.well-known/wagi/info"
-METRICS_PATH = "/metrics"
 # Seconds between updates of the pool metrics (and at every scrape).
 POOL_METRICS_INTERVAL = 5.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .check import check_app
 from .config import (
     LIMIT_NAMES,
     ConfigError,
@@ -90,13 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write each component's stderr to DIR/<component>.log",
     )
-    serve.add_argument(
-        "--cache-dir",
-        type=Path,
-        metavar="DIR",
-        default=default_cache_dir(),
-        help="compiled-module cache (default: %(default)s)",
-    )
+    _add_cache_option(serve)
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
     serve.add_argument(
@@ -224,15 +220,21 @@ def _parser() -> argparse.ArgumentParser:
         "`wagi serve` (a container, say) starts without compiling.",
     )
     _add_manifest_option(compile_)
-    compile_.add_argument(
-        "--cache-dir",
-        type=Path,
-        metavar="DIR",
-        default=default_cache_dir(),
-        help="compiled-module cache (default: %(default)s)",
-    )
+    _add_cache_option(compile_)
     _add_log_option(compile_)
     compile_.set_defaults(run=_compile)
+
+    check = commands.add_parser(
+        "check",
+        help="check an app without serving it",
+        description="Load the manifest and every module as `serve` would, and report each "
+        "problem on one line: where, which component, what, and the fix if it is obvious. "
+        "Exits 0 when the app is sound, 1 when not.",
+    )
+    _add_manifest_option(check)
+    _add_cache_option(check)
+    _add_log_option(check)
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -257,6 +259,16 @@ def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="manifest: spin.toml (v1 or v2) or modules.toml "
         "(default: ./spin.toml, else ./modules.toml)",
+    )
+
+
+def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        default=default_cache_dir(),
+        help="compiled-module cache (default: %(default)s)",
     )
 
 
@@ -374,6 +386,29 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = _manifest_path(args)
+    report = check_app(path, args.cache_dir)
+    for problem in report.problems:
+        print(_shorter(str(problem)))
+    if report.manifest is None or report.problems:
+        count = len(report.problems)
+        print(f"{count} problem{'s' if count != 1 else ''} in {_shorter(str(path))}")
+        return 1
+    manifest = report.manifest
+    modules = len({c.source for c in manifest.components.values()})
+    print(
+        f"{_shorter(str(path))}: ok: {len(manifest.triggers)} routes, "
+        f"{len(manifest.components)} components, {modules} modules"
+    )
+    return 0
+
+
+def _shorter(text: str) -> str:
+    """Paths under the current folder, written relative to it."""
+    return text.replace(f"{Path.cwd()}{os.sep}", "")
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ from .config import EngineSettings
 log = logging.getLogger("wagi.engine")
 
 WASI_MODULE = "wasi_snapshot_preview1"
+# The preamble of a component-model binary: magic, then version 0x0d and layer 1.
+_COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
 # Idle instances never run code; this deadline is "never" until a call sets a real one.
 _NO_DEADLINE = 1 << 62
 _NO_LIMIT = 1 << 62
@@ -176,6 +178,17 @@ class Engine:
         return LoadedModule(module, how, seconds, len(module_bytes), digest)
 
     def _compile(self, source: Path, module_bytes: bytes) -> wasmtime.Module:
+        if module_bytes.startswith(_COMPONENT_HEADER):
+            raise LoadError(
+                f"{source} is a WebAssembly component (WASI 0.2), not a core module: "
+                "build it for WASI preview 1 (target wasm32-wasip1, or wasm32-wasi)"
+            )
+        looks_like_text = module_bytes.lstrip().startswith((b"(", b";;"))
+        if not module_bytes.startswith(b"\0asm") and not looks_like_text:
+            raise LoadError(
+                f"{source}: not WebAssembly (neither a binary module, which starts with "
+                "`\\0asm`, nor WebAssembly text)"
+            )
         try:
             return wasmtime.Module(self.wasmtime, module_bytes)
         except wasmtime.WasmtimeError as error:

@@ -16,6 +16,13 @@ from urllib.parse import unquote
 Target = TypeVar("Target")
 
 WILDCARD = "..."
+
+# Paths the gateway answers itself, before any route of the app.
+LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
+READINESS_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+INFO_PATH = "/.well-known/wagi/info"
+BUILT_IN_PATHS = (*sorted(LIVENESS_PATHS), READINESS_PATH, METRICS_PATH, INFO_PATH)
 _PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
 _FORBIDDEN = re.compile(r"[\s?#]")
 
@@ -87,6 +94,19 @@ class RoutePattern:
     def shape(self) -> tuple[tuple[str, ...], bool]:
         """What makes two patterns the same route (parameter names do not count)."""
         return tuple(":" if s.startswith(":") else s for s in self.segments), self.wildcard
+
+    def covers(self, other: RoutePattern) -> bool:
+        """Whether this pattern matches every path that `other` matches."""
+        count = len(self.segments)
+        if self.wildcard:
+            if len(other.segments) < count:
+                return False
+        elif other.wildcard or len(other.segments) != count:
+            return False
+        return all(
+            mine == theirs or (mine.startswith(":") and theirs != "")
+            for mine, theirs in zip(self.segments, other.segments, strict=False)
+        )
 
     def rank(self) -> tuple:
         """Sort key: non-wildcards first, then longer prefixes, then literals before params."""

@@ -1,0 +1,298 @@
+"""`wagi check`: find what is wrong with an app without serving it.
+
+Each problem is one line that names the manifest line and the component, says what is
+wrong and, where the fix is obvious, what to do. The checks run in the order the gateway
+loads an app, and a check only runs on what the ones before it found sound: a module that
+is missing is not also reported as failing to compile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from .config import Settings
+from .engine import WASI_MODULE, Engine, LoadError, Program
+from .loader import load_app
+from .manifest import Component, Manifest, ManifestError, Trigger, load_manifest
+from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps the app from working as written."""
+
+    origin: str  # `file:line`
+    message: str
+    component: str = ""
+    fix: str = ""
+
+    def __str__(self) -> str:
+        who = f"component `{self.component}`: " if self.component else ""
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.origin}: {who}{self.message}{fix}"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `wagi check` found: the manifest (if it loaded) and the problems."""
+
+    manifest: Manifest | None
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the app would load and serve every route as written."""
+        return not self.problems
+
+
+def check_app(path: Path, cache_dir: Path | None) -> Report:
+    """Load a manifest and its modules as `serve` would, collecting every problem."""
+    try:
+        manifest = load_manifest(path, check_sources=False)
+    except ManifestError as error:
+        return Report(None, [Problem(error.origin, _key_message(error))])
+    problems = _missing_sources(manifest) + _empty_patterns(manifest) + _route_problems(manifest)
+    engine = Engine(cache_dir)
+    programs, module_problems = _programs(manifest, engine)
+    problems += module_problems
+    problems += _entrypoint_problems(manifest, programs)
+    if not problems:
+        problems = _full_load(manifest, engine)
+    return Report(manifest, problems)
+
+
+def _key_message(error: ManifestError) -> str:
+    return f"{error.key}: {error.message}" if error.key else error.message
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _missing_sources(manifest: Manifest) -> list[Problem]:
+    problems = []
+    for component in manifest.components.values():
+        if component.source.is_file():
+            continue
+        if component.build is not None:
+            fix = "build it: `wagi build` (or `wagi serve --build`)"
+        else:
+            fix = f"`source` is relative to the manifest's folder, {manifest.folder}"
+        problems.append(
+            Problem(
+                component.origin, f"module file not found: {component.source}", component.id, fix
+            )
+        )
+    return problems
+
+
+def _empty_patterns(manifest: Manifest) -> list[Problem]:
+    return [
+        Problem(
+            component.origin,
+            f"`files` pattern {pattern!r} matches no file",
+            component.id,
+            f"patterns are relative to {manifest.folder}; `**` also matches subfolders",
+        )
+        for component in manifest.components.values()
+        for pattern in component.empty_patterns
+    ]
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _route_problems(manifest: Manifest) -> list[Problem]:
+    problems: list[Problem] = []
+    parsed: list[tuple[Trigger, RoutePattern]] = []
+    for trigger in manifest.triggers:
+        try:
+            parsed.append((trigger, RoutePattern.parse(trigger.route)))
+        except RouteSyntaxError as error:
+            problems.append(Problem(trigger.origin, str(error), trigger.component))
+    for index, (trigger, pattern) in enumerate(parsed):
+        earlier = parsed[:index]
+        problem = _clash(trigger, pattern, earlier) or _built_in(trigger, pattern)
+        if problem is None and manifest.kind == "wagi":
+            problem = _shadowed_in_wagi(trigger, pattern, earlier)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _clash(
+    trigger: Trigger, pattern: RoutePattern, earlier: list[tuple[Trigger, RoutePattern]]
+) -> Problem | None:
+    for other, other_pattern in earlier:
+        if other_pattern.shape() == pattern.shape():
+            return Problem(
+                trigger.origin,
+                f"route {pattern.text} clashes with route {other_pattern.text} of component "
+                f"`{other.component}` ({other.origin}): both match the same paths",
+                trigger.component,
+                "give one of them another route",
+            )
+    return None
+
+
+def _built_in(trigger: Trigger, pattern: RoutePattern) -> Problem | None:
+    if pattern.wildcard or pattern.has_params or pattern.text not in BUILT_IN_PATHS:
+        return None
+    return Problem(
+        trigger.origin,
+        f"route {pattern.text} is never reached: the gateway answers {pattern.text} itself",
+        trigger.component,
+        "choose another route",
+    )
+
+
+def _shadowed_in_wagi(
+    trigger: Trigger, pattern: RoutePattern, earlier: list[tuple[Trigger, RoutePattern]]
+) -> Problem | None:
+    """WAGI tried routes in file order: a route after one that covers it never answered."""
+    for other, other_pattern in earlier:
+        if other_pattern.covers(pattern):
+            return Problem(
+                trigger.origin,
+                f"route {pattern.text} comes after {other_pattern.text} ({other.origin}), "
+                "which matches all its paths: WAGI, going in file order, never reached it "
+                "(this gateway picks the most specific route, so it does)",
+                trigger.component,
+                f"move it above {other_pattern.text}, so that the file means the same to both",
+            )
+    return None
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def _programs(manifest: Manifest, engine: Engine) -> tuple[dict[str, Program], list[Problem]]:
+    """Compile and link each module that exists, once, for the components using it."""
+    programs: dict[str, Program] = {}
+    problems: list[Problem] = []
+    by_source: dict[Path, Program | None] = {}
+    for component in manifest.components.values():
+        if not component.source.is_file():
+            continue
+        if component.source not in by_source:
+            program, problem = _program(component, engine)
+            by_source[component.source] = program
+            if problem is not None:
+                problems.append(problem)
+        program = by_source[component.source]
+        if program is not None:
+            programs[component.id] = program
+    return programs, problems
+
+
+def _program(component: Component, engine: Engine) -> tuple[Program | None, Problem | None]:
+    def problem(message: str, fix: str = "") -> tuple[None, Problem]:
+        return None, Problem(component.origin, message, component.id, fix)
+
+    try:
+        module = engine.load(component.source).module
+    except LoadError as error:
+        return problem(str(error))
+    foreign = [item for item in module.imports if item.module != WASI_MODULE]
+    if foreign:
+        names = ", ".join(f"{item.module}::{item.name}" for item in foreign)
+        return problem(
+            f"{component.source.name} imports {names}, which the gateway does not provide "
+            f"(it provides WASI preview 1, `{WASI_MODULE}`)",
+            _import_fix({item.module for item in foreign}),
+        )
+    if not isinstance(_exports(module).get("memory"), wasmtime.MemoryType):
+        return problem(
+            f"{component.source.name} does not export its memory as `memory`, "
+            "which WASI needs to pass it data",
+            "build it as a WASI command (e.g. `-target wasm32-wasi`)",
+        )
+    try:
+        return engine.link(module, component.source.name), None
+    except LoadError as error:
+        return problem(str(error), "the module was built for another WASI version or host")
+
+
+def _exports(module: wasmtime.Module) -> dict[str, object]:
+    return {item.name: item.type for item in module.exports}
+
+
+def _import_fix(namespaces: set[str]) -> str:
+    if "wasi_unstable" in namespaces:
+        return "it uses the old WASI snapshot 0: rebuild it with a current WASI toolchain"
+    if any(n.startswith(("wasi:", "fermyon:", "spin")) for n in namespaces):
+        return "it is a Spin SDK module: run it with Spin's own executor, not as a WAGI module"
+    if "env" in namespaces:
+        return (
+            "functions it calls were left for the host to provide: build it as a "
+            "self-contained WASI command (e.g. `-target wasm32-wasi`; with Emscripten, "
+            "`-sSTANDALONE_WASM`), and link with `-Wl,--no-undefined` to find them"
+        )
+    return "a WAGI module may import only WASI preview 1 functions"
+
+
+def _entrypoint_problems(manifest: Manifest, programs: dict[str, Program]) -> list[Problem]:
+    problems = []
+    for trigger in manifest.triggers:
+        program = programs.get(trigger.component)
+        if program is None:
+            continue
+        reason = program.entrypoint_problem(trigger.entrypoint)
+        if reason is not None:
+            problems.append(
+                Problem(
+                    trigger.origin,
+                    f"route {trigger.route} will answer 500: {reason}",
+                    trigger.component,
+                    _entrypoint_fix(manifest, trigger, program),
+                )
+            )
+    return problems
+
+
+def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> str:
+    functions = sorted(
+        name
+        for name, kind in program.exports.items()
+        if isinstance(kind, wasmtime.FuncType) and not kind.params and not kind.results
+    )
+    if trigger.entrypoint == "_start" and "_initialize" in program.exports:
+        return "it is a WASI reactor (a library, no `main`): build it as a command, with a `main`"
+    if not functions:
+        return "it exports no function without parameters: build it as a WASI command"
+    setting = (
+        'entrypoint = "NAME" in its [[module]]'
+        if manifest.kind == "wagi"
+        else 'executor = { type = "wagi", entrypoint = "NAME" } on its trigger'
+    )
+    close = difflib.get_close_matches(trigger.entrypoint, functions, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    return f"{hint}it exports {', '.join(f'`{f}`' for f in functions)}; set {setting}"
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+def _full_load(manifest: Manifest, engine: Engine) -> list[Problem]:
+    """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
+    settings = Settings(manifest=manifest.path, pool_size=1)
+    quiet = logging.getLogger("wagi.loader")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the load's progress lines are not the report
+    try:
+        load_app(manifest, settings, engine).close()
+    except (ManifestError, LoadError) as error:
+        return [Problem(*_split_origin(str(error)))]
+    finally:
+        quiet.setLevel(level)
+    return []
+
+
+def _split_origin(text: str) -> tuple[str, str]:
+    """`file:line: message` into its origin and message."""
+    head, _, rest = text.partition(": ")
+    return (head, rest) if rest else ("", text)
