@@ -16,6 +16,7 @@ that thread has got the guest back yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -93,7 +94,9 @@ class Executor:
                 outcome = self._finish(call, deadline, timeout)
             finally:
                 self.ticker.guest_stopped()
-            loop.call_soon_threadsafe(_resolve, future, outcome)
+            # If the loop has closed, nobody is waiting for this answer any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future, outcome)
 
     def _finish(self, call: GuestCall, deadline: float, timeout: float) -> Outcome:
         while not call.poll():

@@ -104,18 +104,24 @@ def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None
     loop.default_exception_handler(context)
 
 
-def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
-    """Serve in this process. The server listens at once and loads the app meanwhile."""
-    manifest = load_manifest(settings.manifest)  # a broken manifest fails before listening
-    if sockets is None:
-        _announce(settings, manifest)
+def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
+    """The ASGI app for `manifest`; it loads the app when its lifespan starts, and
+    reloads from `settings.manifest`."""
     engine = Engine(settings.cache_dir, settings.engine)
 
     def load(previous: LoadedApp | None) -> LoadedApp:
         current = manifest if previous is None else load_manifest(settings.manifest)
         return load_app(current, settings, engine, previous)
 
-    gateway = Gateway(settings, Executor(engine, settings.guest_threads), load)
+    return Gateway(settings, Executor(engine, settings.guest_threads), load)
+
+
+def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve in this process. The server listens at once and loads the app meanwhile."""
+    manifest = load_manifest(settings.manifest)  # a broken manifest fails before listening
+    if sockets is None:
+        _announce(settings, manifest)
+    gateway = make_gateway(settings, manifest)
     if settings.watch and sockets is None:  # with several workers, the supervisor watches
         from .reload import Reloader  # watchfiles is only needed to watch
 
