@@ -40,6 +40,12 @@ def buildable(manifest: Manifest, only: list[str] | None = None) -> list[Compone
         if unknown:
             raise ConfigError(f"{manifest.path} has no component named `{unknown[0]}`")
         chosen = [manifest.components[name] for name in only]
+        unbuildable = [c.id for c in chosen if c.build is None]
+        if unbuildable:
+            raise ConfigError(
+                f"component `{unbuildable[0]}` has no build command "
+                f"([component.{unbuildable[0]}.build] in {manifest.path})"
+            )
     else:
         chosen = list(manifest.components.values())
     return [component for component in chosen if component.build is not None]

@@ -29,6 +29,7 @@ from .loader import human_size
 from .logs import setup_logging
 from .manifest import Component, ManifestError, load_manifest
 from .proxy import TrustedProxies
+from .scaffold import DEFAULT_TEMPLATE, create_app, template_names
 
 log = logging.getLogger("wagi")
 
@@ -235,6 +236,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_cache_option(check)
     _add_log_option(check)
     check.set_defaults(run=_check)
+
+    new = commands.add_parser(
+        "new",
+        help="start a new app from a template",
+        description="Write a new app folder NAME: a module's source, a spin.toml that "
+        "builds and routes it, and tests that use wagi's test kit.",
+    )
+    new.add_argument("name", metavar="NAME", help="the app's name, and its folder's")
+    new.add_argument(
+        "-t",
+        "--template",
+        choices=template_names(),
+        default=DEFAULT_TEMPLATE,
+        help="a module in C (built with zig's clang) or in WebAssembly text (default: %(default)s)",
+    )
+    _add_log_option(new)
+    new.set_defaults(run=_new)
     return parser
 
 
@@ -411,6 +429,19 @@ def _shorter(text: str) -> str:
     return text.replace(f"{Path.cwd()}{os.sep}", "")
 
 
+def _new(args: argparse.Namespace) -> int:
+    app = create_app(args.name, args.template)
+    print(f"Created {_shorter(str(app.folder))}/ from the {args.template} template:")
+    for path in app.files:
+        print(f"  {_shorter(str(path))}")
+    for note in app.notes:
+        print(f"Note: {note}")
+    print("Next:")
+    for step in app.next_steps:
+        print(f"  {step}")
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     return _build_all(_manifest_path(args), args.components)
 
@@ -422,12 +453,16 @@ def _build_all(manifest_path: Path, only: list[str]) -> int:
     components = buildable(manifest, only)
     if not components:
         print(f"nothing to build: no component in {manifest_path} has a build command")
+    results = []
     try:
         for component in components:
-            build_component(component)
+            results.append(build_component(component))
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    if len(results) > 1:
+        seconds = sum(result.seconds for result in results)
+        print(f"Built {len(results)} components in {seconds:.1f}s")
     return 0
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
 import pytest
+import wasmtime
 
 from conftest import run_wagi
 
@@ -58,3 +65,104 @@ def test_compile_without_a_manifest_says_so(tmp_path):
     result = run_wagi("compile", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("template", ["hello-c", "hello-wat"])
+def test_a_new_app_builds_checks_passes_its_tests_and_serves(serve, tmp_path, template):
+    created = run_wagi("new", "my-app", "--template", template, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    folder = tmp_path / "my-app"
+    assert f"Created my-app/ from the {template} template:" in created.stdout
+    assert (folder / "spin.toml").is_file() and (folder / "test_app.py").is_file()
+
+    built = run_wagi("build", cwd=folder, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    checked = run_wagi("check", "--cache-dir", str(tmp_path / "cache"), cwd=folder)
+    assert checked.returncode == 0, checked.stdout
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert tests.returncode == 0, tests.stdout
+    assert "3 passed" in tests.stdout
+
+    server = serve(cwd=folder)
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 200
+    assert response.text.startswith("Hello from my-app!\n")
+
+
+def test_new_refuses_a_bad_name_and_an_existing_folder(tmp_path):
+    bad = run_wagi("new", "my app", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: app name 'my app': use letters, digits")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    taken = run_wagi("new", "taken", cwd=tmp_path)
+    assert taken.returncode == 1 and "already exists" in taken.stderr
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+
+def build_app(folder: Path) -> Path:
+    """Three components built by shell commands; the second one fails with status 7."""
+    (folder / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "b"\n'
+        + "".join(
+            f'[[trigger.http]]\nroute = "/{name}"\ncomponent = "{name}"\n'
+            'executor = { type = "wagi" }\n'
+            for name in ("first", "second", "third", "plain")
+        )
+        + '[component.first]\nsource = "first.wasm"\n'
+        '[component.first.build]\ncommand = ["echo compiling first", "touch first.wasm"]\n'
+        '[component.second]\nsource = "second.wasm"\n'
+        '[component.second.build]\ncommand = "echo broken >&2; exit 7"\n'
+        '[component.third]\nsource = "third.wasm"\n'
+        '[component.third.build]\ncommand = "touch third.wasm"\n'
+        '[component.plain]\nsource = "plain.wasm"\n'
+    )
+    return folder / "spin.toml"
+
+
+def test_build_shows_each_step_and_stops_at_the_first_failure(tmp_path):
+    build_app(tmp_path)
+    result = run_wagi("build", cwd=tmp_path)
+    assert result.returncode == 7
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "Building component first with `echo compiling first`",
+        "compiling first",
+        "Building component first with `touch first.wasm`",
+    ]
+    assert re.fullmatch(r"Finished building first in \d+\.\ds", lines[3])
+    assert lines[4] == "Building component second with `echo broken >&2; exit 7`"
+    assert result.stderr.splitlines() == [
+        "broken",
+        "error: building component `second` failed: `echo broken >&2; exit 7` exited with status 7",
+    ]
+    assert (tmp_path / "first.wasm").exists() and not (tmp_path / "third.wasm").exists()
+
+
+def test_build_only_the_named_components(tmp_path):
+    build_app(tmp_path)
+    result = run_wagi("build", "third", "first", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "second" not in result.stdout
+    assert re.search(r"^Built 2 components in \d+\.\ds$", result.stdout, re.MULTILINE)
+    assert (tmp_path / "third.wasm").exists()
+    for name, message in [("nope", "has no component named `nope`"), ("plain", "no build")]:
+        refused = run_wagi("build", name, cwd=tmp_path)
+        assert refused.returncode == 1 and message in refused.stderr
+
+
+def test_serve_says_when_a_large_module_is_being_compiled(serve, tmp_path):
+    megabyte = "a" * (1 << 20)
+    wat = f'(module (memory (export "memory") 17) (data (i32.const 0) "{megabyte}")'
+    (tmp_path / "big.wasm").write_bytes(wasmtime.wat2wasm(wat + ' (func (export "_start")))'))
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/big"\nmodule = "big.wasm"\n')
+    log = serve("-c", str(tmp_path / "modules.toml")).log()
+    announced = log.index("component big: compiling big.wasm (1.0 MiB), this may take a while")
+    assert announced < log.index("component big: big.wasm (1.0 MiB) compiled in")

@@ -1,0 +1,79 @@
+"""`wagi new`: a new app folder from a template, ready to build, serve and test."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError
+
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_TEMPLATE = "hello-c"
+# An app name is also its component id, its module's file name and a TOML key.
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# Template files whose names become the app's own.
+_RENAMED = {
+    "app.c": "{name}.c",
+    "app.wat": "{name}.wat",
+    "gitignore": ".gitignore",
+}
+
+
+@dataclass(frozen=True)
+class NewApp:
+    """What `create_app` wrote, and what to do next."""
+
+    folder: Path
+    files: list[Path]
+    next_steps: list[str]
+    notes: list[str]
+
+
+def template_names() -> list[str]:
+    """The templates `wagi new --template` accepts."""
+    return sorted(path.name for path in TEMPLATES.iterdir() if path.is_dir())
+
+
+def create_app(name: str, template: str = DEFAULT_TEMPLATE, parent: Path | None = None) -> NewApp:
+    """Write the folder `parent/name` from a template; refuse to touch an existing one."""
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"app name {name!r}: use letters, digits, `-` and `_`, starting with a letter"
+        )
+    source = TEMPLATES / template
+    if template not in template_names():
+        raise ConfigError(f"no template {template!r} (there are: {', '.join(template_names())})")
+    folder = (parent or Path.cwd()) / name
+    if folder.exists():
+        raise ConfigError(f"{folder} already exists; choose another name or remove it")
+    folder.mkdir(parents=True)
+    values = _values(name)
+    written = []
+    for path in sorted(source.iterdir()):
+        target = folder / _RENAMED.get(path.name, path.name).format(name=name)
+        target.write_text(_render(path.read_text(), values))
+        written.append(target)
+    builds = template.endswith("-c")
+    steps = [f"cd {name}", "wagi build && wagi serve" if builds else "wagi serve", "pytest"]
+    notes = []
+    if builds and importlib.util.find_spec("ziglang") is None:
+        notes.append("`wagi build` compiles C with zig's clang: pip install ziglang")
+    return NewApp(folder, written, steps, notes)
+
+
+def _values(name: str) -> dict[str, str]:
+    response = f"Content-Type: text/plain; charset=utf-8\n\nHello from {name}!\n"
+    return {
+        "name": name,
+        # For WebAssembly text: the response as a string literal, and its length.
+        "response": response.replace("\n", "\\n"),
+        "response_length": str(len(response.encode())),
+    }
+
+
+def _render(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
