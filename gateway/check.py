@@ -17,9 +17,9 @@ import wasmtime
 
 from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
-from .loader import load_app
+from .loader import Handler, load_app
 from .manifest import Component, Manifest, ManifestError, Trigger, load_manifest
-from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
+from .routing import BUILT_IN_PATHS, Route, RoutePattern, RouteSyntaxError
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,14 @@ class Problem:
     message: str
     component: str = ""
     fix: str = ""
+    # A warning: the app works, but likely not as its author meant.
+    warning: bool = False
 
     def __str__(self) -> str:
         who = f"component `{self.component}`: " if self.component else ""
+        kind = "warning: " if self.warning else ""
         fix = f"; fix: {self.fix}" if self.fix else ""
-        return f"{self.origin}: {who}{self.message}{fix}"
+        return f"{self.origin}: {who}{kind}{self.message}{fix}"
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,19 @@ class Report:
     problems: list[Problem]
 
     @property
+    def errors(self) -> list[Problem]:
+        """The problems that keep the app from loading or a route from answering."""
+        return [problem for problem in self.problems if not problem.warning]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """The problems of an app that works, though likely not as meant."""
+        return [problem for problem in self.problems if problem.warning]
+
+    @property
     def ok(self) -> bool:
         """Whether the app would load and serve every route as written."""
-        return not self.problems
+        return self.manifest is not None and not self.errors
 
 
 def check_app(path: Path, cache_dir: Path | None) -> Report:
@@ -61,8 +74,8 @@ def check_app(path: Path, cache_dir: Path | None) -> Report:
     programs, module_problems = _programs(manifest, engine)
     problems += module_problems
     problems += _entrypoint_problems(manifest, programs)
-    if not problems:
-        problems = _full_load(manifest, engine)
+    if not any(not problem.warning for problem in problems):
+        problems += _full_load(manifest, engine)
     return Report(manifest, problems)
 
 
@@ -97,6 +110,7 @@ def _empty_patterns(manifest: Manifest) -> list[Problem]:
             f"`files` pattern {pattern!r} matches no file",
             component.id,
             f"patterns are relative to {manifest.folder}; `**` also matches subfolders",
+            warning=True,
         )
         for component in manifest.components.values()
         for pattern in component.empty_patterns
@@ -163,6 +177,7 @@ def _shadowed_in_wagi(
                 "(this gateway picks the most specific route, so it does)",
                 trigger.component,
                 f"move it above {other_pattern.text}, so that the file means the same to both",
+                warning=True,
             )
     return None
 
@@ -221,11 +236,22 @@ def _exports(module: wasmtime.Module) -> dict[str, object]:
     return {item.name: item.type for item in module.exports}
 
 
+# Import namespaces of modules built for Spin's own executor (its SDKs' host interfaces).
+_SPIN_NAMESPACES = ("spin", "fermyon:", "wasi:", "wasi-outbound-http", "outbound-", "key-value")
+# Import namespaces of modules built for a browser (wasm-bindgen, Emscripten's JS glue).
+_BROWSER_NAMESPACES = ("__wbindgen", "wbg", "./", "emscripten")
+
+
 def _import_fix(namespaces: set[str]) -> str:
     if "wasi_unstable" in namespaces:
         return "it uses the old WASI snapshot 0: rebuild it with a current WASI toolchain"
-    if any(n.startswith(("wasi:", "fermyon:", "spin")) for n in namespaces):
+    if any(n.startswith(_SPIN_NAMESPACES) for n in namespaces):
         return "it is a Spin SDK module: run it with Spin's own executor, not as a WAGI module"
+    if any(n.startswith(_BROWSER_NAMESPACES) for n in namespaces):
+        return (
+            "it was built for a browser (JavaScript glue): build a WASI command instead, "
+            "e.g. `cargo build --target wasm32-wasip1`"
+        )
     if "env" in namespaces:
         return (
             "functions it calls were left for the host to provide: build it as a "
@@ -279,17 +305,39 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 
 def _full_load(manifest: Manifest, engine: Engine) -> list[Problem]:
     """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
-    settings = Settings(manifest=manifest.path, pool_size=1)
+    settings = Settings(manifest=manifest.path)  # the defaults `serve` would use
     quiet = logging.getLogger("wagi.loader")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the load's progress lines are not the report
     try:
-        load_app(manifest, settings, engine).close()
+        loaded = load_app(manifest, settings, engine)
     except (ManifestError, LoadError) as error:
         return [Problem(*_split_origin(str(error)))]
     finally:
         quiet.setLevel(level)
-    return []
+    try:
+        return _declared_route_problems(loaded.routes.routes)
+    finally:
+        loaded.close()
+
+
+def _declared_route_problems(routes: tuple[Route[Handler], ...]) -> list[Problem]:
+    """Entrypoints of the sub-routes modules declare with `_routes` (WAGI)."""
+    problems = []
+    for route in routes:
+        handler = route.target
+        reason = handler.component.program.entrypoint_problem(handler.entrypoint)
+        if reason is not None:
+            problems.append(
+                Problem(
+                    handler.origin,
+                    f"route {route.pattern.text}, declared by its `_routes`, will answer 500: "
+                    f"{reason}",
+                    handler.component.id,
+                    "make `_routes` print an entrypoint the module exports",
+                )
+            )
+    return problems
 
 
 def _split_origin(text: str) -> tuple[str, str]:

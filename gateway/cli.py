@@ -230,9 +230,10 @@ def _parser() -> argparse.ArgumentParser:
         help="check an app without serving it",
         description="Load the manifest and every module as `serve` would, and report each "
         "problem on one line: where, which component, what, and the fix if it is obvious. "
-        "Exits 0 when the app is sound, 1 when not.",
+        "Exits 0 when the app is sound (warnings aside, unless --strict), 1 when not.",
     )
     _add_manifest_option(check)
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too (for CI, say)")
     _add_cache_option(check)
     _add_log_option(check)
     check.set_defaults(run=_check)
@@ -397,6 +398,9 @@ def _compile(args: argparse.Namespace) -> int:
             print("failed")
             raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
         print(f"done in {_seconds(loaded.seconds)}" if loaded.how == "compiled" else "cached")
+        entry = engine.cache.entry(loaded.digest)
+        if entry is None or not entry.path.is_file():
+            raise ConfigError(f"cannot write the compiled cache in {engine.cache.folder}")
         compiled += loaded.how == "compiled"
     print(f"{len(by_source)} modules, {compiled} compiled, in {engine.cache.folder}")
     return 0
@@ -411,17 +415,23 @@ def _check(args: argparse.Namespace) -> int:
     report = check_app(path, args.cache_dir)
     for problem in report.problems:
         print(_shorter(str(problem)))
-    if report.manifest is None or report.problems:
-        count = len(report.problems)
-        print(f"{count} problem{'s' if count != 1 else ''} in {_shorter(str(path))}")
+    where = _shorter(str(path))
+    warnings = f"; {_count(len(report.warnings), 'warning')}" if report.warnings else ""
+    if not report.ok:
+        print(f"{_count(len(report.errors), 'problem')}{warnings} in {where}")
         return 1
     manifest = report.manifest
     modules = len({c.source for c in manifest.components.values()})
     print(
-        f"{_shorter(str(path))}: ok: {len(manifest.triggers)} routes, "
-        f"{len(manifest.components)} components, {modules} modules"
+        f"{where}: ok: {_count(len(manifest.triggers), 'route')}, "
+        f"{_count(len(manifest.components), 'component')}, {_count(modules, 'module')}"
+        f"{warnings}"
     )
-    return 0
+    return 1 if args.strict and report.warnings else 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _shorter(text: str) -> str:

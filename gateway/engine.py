@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -256,6 +257,27 @@ class Program:
         if not isinstance(kind, wasmtime.FuncType) or kind.params or kind.results:
             return f"export `{name}` is not a function without parameters or results"
         return None
+
+    def run_once(self, entrypoint: str, invocation: Invocation, timeout: float) -> Outcome:
+        """Run `entrypoint` on a fresh instance, on this thread, stopping it after
+        `timeout` seconds (for load time, where no executor runs guests yet)."""
+        call = self.instantiate().start(entrypoint, invocation, first_slice=1, slice_ticks=1)
+        deadline = time.monotonic() + timeout
+        stop_ticking = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(stop_ticking,), daemon=True)
+        ticker.start()
+        try:
+            while not call.poll():  # returns at each tick, so the deadline is seen in time
+                if time.monotonic() > deadline:
+                    return call.cancel(Failure.TIMEOUT, f"ran longer than {timeout:g} s")
+            return call.finish()
+        finally:
+            stop_ticking.set()
+            ticker.join()
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(0.001):
+            self.engine.tick()
 
     def instantiate(self, memory_limit: int = -1) -> Instance:
         """A fresh store and instance; WASI is attached later, per request.

@@ -216,7 +216,10 @@ def _prepare(
     try:
         pool.fill()
     except LoadError as error:
-        raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+        hint = ""
+        if "memory minimum" in str(error):  # its initial memory is over the limit
+            hint = f" (its max_memory is {human_size(limits.max_memory)}: raise it)"
+        raise LoadError(f"{component.origin}: component `{component.id}`: {error}{hint}") from None
     log.info("component %s: %d instances ready", component.id, pool_size)
     admission = Admission(limits.max_concurrency, limits.max_concurrency, Limits.QUEUE_TIMEOUT)
     staged = StagedFiles(component) if component.files else None
@@ -316,8 +319,10 @@ def _declared_routes(parent: Handler) -> list[Handler]:
     component = parent.component
     name = f"component `{component.id}` ({component.source.name})"
     try:
-        outcome = component.program.instantiate().run(
-            "_routes", Invocation(argv=[component.source.name], env={})
+        outcome = component.program.run_once(
+            "_routes",
+            Invocation(argv=[component.source.name], env={}),
+            component.limits.request_timeout,
         )
     except LoadError as error:
         raise LoadError(f"{parent.origin}: {name}: {error}") from None

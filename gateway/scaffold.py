@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ _RENAMED = {
     "app.c": "{name}.c",
     "app.wat": "{name}.wat",
     "gitignore": ".gitignore",
+    "test_app.py": "test_{module}.py",
 }
 
 
@@ -38,7 +40,7 @@ def template_names() -> list[str]:
 
 def create_app(name: str, template: str = DEFAULT_TEMPLATE, parent: Path | None = None) -> NewApp:
     """Write the folder `parent/name` from a template; refuse to touch an existing one."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(
             f"app name {name!r}: use letters, digits, `-` and `_`, starting with a letter"
         )
@@ -48,19 +50,29 @@ def create_app(name: str, template: str = DEFAULT_TEMPLATE, parent: Path | None 
     folder = (parent or Path.cwd()) / name
     if folder.exists():
         raise ConfigError(f"{folder} already exists; choose another name or remove it")
-    folder.mkdir(parents=True)
-    values = _values(name)
-    written = []
-    for path in sorted(source.iterdir()):
-        target = folder / _RENAMED.get(path.name, path.name).format(name=name)
-        target.write_text(_render(path.read_text(), values))
-        written.append(target)
+    try:
+        written = _write(source, folder, name)
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)  # no half-made app to trip over later
+        raise ConfigError(f"cannot create {folder}: {error.strerror or error}") from None
     builds = template.endswith("-c")
     steps = [f"cd {name}", "wagi build && wagi serve" if builds else "wagi serve", "pytest"]
     notes = []
     if builds and importlib.util.find_spec("ziglang") is None:
         notes.append("`wagi build` compiles C with zig's clang: pip install ziglang")
     return NewApp(folder, written, steps, notes)
+
+
+def _write(source: Path, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True)
+    values = _values(name)
+    written = []
+    for path in sorted(source.iterdir()):
+        renamed = _RENAMED.get(path.name, path.name)
+        target = folder / renamed.format(name=name, module=name.replace("-", "_"))
+        target.write_text(_render(path.read_text(), values))
+        written.append(target)
+    return written
 
 
 def _values(name: str) -> dict[str, str]:

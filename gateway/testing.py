@@ -19,13 +19,14 @@ plugin this package registers (`gateway.pytest_plugin`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
 from . import cgi
 from .config import (
@@ -36,7 +37,7 @@ from .config import (
     default_cache_dir,
     parse_limit,
 )
-from .engine import Engine, Invocation, Outcome
+from .engine import Engine, Failure, Invocation, Outcome
 from .executor import Executor
 from .manifest import DEFAULT_ENTRYPOINT, load_manifest
 from .pool import InstancePool
@@ -114,7 +115,9 @@ class ModuleResult:
 
     stdout: bytes
     stderr: bytes
-    exit_code: int
+    # The status it exited with (0 when its entrypoint returned); None when it did not
+    # end by itself (a trap, a timeout, a limit).
+    exit_code: int | None
     # Why the run failed: "exit", "trap", "timeout", "memory", "output", "start"; or None.
     failure: str | None
     error: str | None
@@ -150,11 +153,15 @@ def cgi_environment(
     scheme: str = "http",
 ) -> dict[str, str]:
     """The environment the gateway gives a module on `route` for this request."""
+    path, _, query_in_path = path.partition("?")
+    query_text = query if isinstance(query, str) else urlencode(query)
+    if query_in_path and query_text:
+        raise ValueError("give the query in `path` or in `query`, not in both")
+    query_text = query_text or query_in_path
     pattern = RoutePattern.parse(route)
     match = RouteTable([Route(pattern, None)]).match(RequestPath.parse(path))
     if match is None:
         raise ValueError(f"route {route} does not match {path}")
-    query_text = query if isinstance(query, str) else urlencode(query)
     request = cgi.Request(
         method=method,
         raw_path=path,
@@ -206,10 +213,11 @@ def run_module(
 
 
 def _result(outcome: Outcome) -> ModuleResult:
+    ended = outcome.failure in (None, Failure.EXIT)  # it returned, or it called exit
     return ModuleResult(
         outcome.stdout,
         outcome.stderr,
-        outcome.exit_code,
+        outcome.exit_code if ended else None,
         outcome.failure,
         outcome.error,
         outcome.seconds,
@@ -227,9 +235,13 @@ def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
     return Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs])
 
 
+def _latin1(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else str(text).encode("latin-1")
+
+
 def _header_pairs(headers: HeaderInput, body: bytes) -> list[tuple[bytes, bytes]]:
     items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
-    pairs = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in items]
+    pairs = [(_latin1(name).lower(), _latin1(value)) for name, value in items]
     if body and not any(name == b"content-length" for name, _ in pairs):
         pairs.append((b"content-length", str(len(body)).encode()))
     return pairs
@@ -278,6 +290,7 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._lifespan: asyncio.Queue | None = None
+        self._closed = False
         try:
             self._call(self._start(), timeout=60)
         except BaseException:
@@ -297,15 +310,15 @@ class Client:
         json: Any = None,
     ) -> Response:
         """Send a request (`url` is a path with an optional query) and return the answer."""
-        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
         body, content_type = _body(content, data, json)
-        if content_type and not any(name.lower() == "content-type" for name, _ in pairs):
-            pairs.append(("Content-Type", content_type))
-        if not any(name.lower() == "host" for name, _ in pairs):
-            pairs.insert(0, ("Host", self.host))
-        scope = _scope(method, url, _header_pairs(pairs, body))
-        timeout = self.settings.limits.request_timeout + ANSWER_GRACE
-        return self._call(self._exchange(scope, body), timeout)
+        pairs = _header_pairs(headers, body)
+        names = {name for name, _ in pairs}
+        if content_type and b"content-type" not in names:
+            pairs.append((b"content-type", content_type.encode()))
+        if b"host" not in names:
+            pairs.insert(0, (b"host", self.host.encode()))
+        scope = _scope(method, url, pairs)
+        return self._call(self._exchange(scope, body), self._answer_timeout(), f"{method} {url}")
 
     def get(self, url: str, *, headers: HeaderInput = None) -> Response:
         """A GET request."""
@@ -352,6 +365,7 @@ class Client:
         outcome = self._call(
             self.gateway.executor.run(pool, entrypoint, invocation, runtime.limits),
             runtime.limits.request_timeout + ANSWER_GRACE,
+            f"component {component}",
         )
         return _result(outcome)
 
@@ -359,13 +373,14 @@ class Client:
 
     def close(self) -> None:
         """Shut the gateway down as a server would, then stop the loop thread."""
-        if self._thread.is_alive():
+        if not self._closed:
             try:
-                self._call(self._stop(), timeout=30)
+                self._call(self._stop(), timeout=30, what="stopping the app")
             finally:
                 self._stop_loop()
 
     def _stop_loop(self) -> None:
+        self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
@@ -376,9 +391,23 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, coroutine: Any, timeout: float) -> Any:
+    def _answer_timeout(self) -> float:
+        """How long a request may take: the slowest component's limit, and some."""
+        loaded = self.gateway.loaded
+        limits = [c.limits for c in loaded.components.values()] if loaded else []
+        slowest = max((each.request_timeout for each in limits), default=0.0)
+        return max(slowest, self.settings.limits.request_timeout) + ANSWER_GRACE
+
+    def _call(self, coroutine: Any, timeout: float, what: str = "starting the app") -> Any:
+        if self._closed:
+            coroutine.close()
+            raise RuntimeError("this client is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"{what}: no answer within {timeout:g} s") from None
 
     async def _start(self) -> None:
         self._lifespan = asyncio.Queue()
@@ -451,11 +480,22 @@ def _body(
     return (content.encode() if isinstance(content, str) else content), ""
 
 
+def _split_target(url: str) -> tuple[str, str]:
+    """A path and query as an HTTP client sends them: percent-encoded where needed."""
+    if not url.startswith("/"):
+        raise ValueError(f"pass a path that starts with `/`, not {url!r}")
+    path, _, query = url.partition("#")[0].partition("?")
+    return quote(path, safe=_PATH_SAFE), quote(query, safe=_QUERY_SAFE)
+
+
+# What a client leaves as it is in a path and a query (RFC 3986), `%` included: a
+# path given already encoded stays as it was.
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
 def _scope(method: str, url: str, headers: list[tuple[bytes, bytes]]) -> dict:
-    parts = urlsplit(url)
-    if parts.scheme or parts.netloc:
-        raise ValueError(f"pass a path, not a full URL: {url!r}")
-    raw_path = parts.path or "/"
+    raw_path, query = _split_target(url)
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -463,8 +503,8 @@ def _scope(method: str, url: str, headers: list[tuple[bytes, bytes]]) -> dict:
         "method": method.upper(),
         "scheme": "http",
         "path": unquote(raw_path),
-        "raw_path": raw_path.encode("latin-1"),
-        "query_string": parts.query.encode("latin-1"),
+        "raw_path": raw_path.encode("ascii"),
+        "query_string": query.encode("ascii"),
         "root_path": "",
         "headers": headers,
         "client": CLIENT_ADDRESS,

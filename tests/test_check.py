@@ -89,13 +89,13 @@ def test_every_problem_is_reported_on_its_own_line(tmp_path):
     )
     status, lines = check(manifest)
     assert status == 1
-    assert lines[-1] == "8 problems in spin.toml"
+    assert lines[-1] == "7 problems; 1 warning in spin.toml"
     missing = [line for line in lines if "component `missing`:" in line]
     assert missing == [
         f"{at(manifest, 'build/app.wasm')}: component `missing`: module file not found: "
         "build/app.wasm; "
         "fix: build it: `wagi build` (or `wagi serve --build`)",
-        f"{at(manifest, 'build/app.wasm')}: component `missing`: `files` pattern "
+        f"{at(manifest, 'build/app.wasm')}: component `missing`: warning: `files` pattern "
         "'static/*.png' matches no file; "
         f"fix: patterns are relative to {tmp_path}; `**` also matches subfolders",
     ]
@@ -139,7 +139,7 @@ def test_clashing_and_built_in_routes(tmp_path):
     )
 
 
-def test_routes_wagi_would_have_shadowed_by_file_order(tmp_path):
+def test_routes_wagi_would_have_shadowed_by_file_order_are_warnings(tmp_path):
     (tmp_path / "good.wat").write_text(GUESTS["good.wat"])
     modules = "".join(
         f'[[module]]\nroute = "{route}"\nmodule = "good.wat"\n\n'
@@ -148,21 +148,62 @@ def test_routes_wagi_would_have_shadowed_by_file_order(tmp_path):
     manifest = tmp_path / "modules.toml"
     manifest.write_text(modules)
     status, lines = check(manifest)
-    assert status == 1
-    assert lines[-1] == "2 problems in modules.toml"
+    assert status == 0  # this gateway serves them all
+    assert lines[-1] == "modules.toml: ok: 3 routes, 3 components, 1 module; 2 warnings"
     assert lines[0].startswith(
-        f"{at(manifest, '/static/...')}: component `good-2`: route /static/... comes after /... "
-        f"({at(manifest, '/...')})"
+        f"{at(manifest, '/static/...')}: component `good-2`: warning: route /static/... comes "
+        f"after /... ({at(manifest, '/...')})"
     )
     assert lines[0].endswith("fix: move it above /..., so that the file means the same to both")
+    strict = run_wagi("check", "--strict", "-c", str(manifest), "--cache-dir", str(tmp_path))
+    assert strict.returncode == 1
 
     # In the order WAGI needs, the same routes are sound.
     reordered = "".join(
         f'[[module]]\nroute = "{route}"\nmodule = "good.wat"\n\n'
         for route in ("/hello", "/static/...", "/...")
     )
-    (tmp_path / "modules.toml").write_text(reordered)
-    assert check(tmp_path / "modules.toml")[0] == 0
+    manifest.write_text(reordered)
+    assert check(manifest) == (0, ["modules.toml: ok: 3 routes, 3 components, 1 module"])
+
+
+ROUTES_GUEST = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "/one one\\n/two missing\\n")
+  (func (export "_start"))
+  (func (export "one"))
+  (func (export "_routes")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 22))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+def test_sub_routes_declared_by_routes_are_checked(tmp_path):
+    (tmp_path / "routes.wat").write_text(ROUTES_GUEST)
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/app/..."\nmodule = "routes.wat"\n'
+    )
+    status, lines = check(tmp_path / "modules.toml")
+    assert status == 1
+    assert lines[0] == (
+        "modules.toml:2: component `routes`: route /app/two, declared by its `_routes`, will "
+        "answer 500: the module does not export `missing`; "
+        "fix: make `_routes` print an entrypoint the module exports"
+    )
+
+
+def test_a_routes_export_that_never_returns_is_stopped(tmp_path):
+    spin = '(module (memory (export "memory") 1) (func (export "_start"))'
+    (tmp_path / "loop.wat").write_text(spin + ' (func (export "_routes") (loop $l (br $l))))')
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/app/..."\nmodule = "loop.wat"\nrequest_timeout = "0.3s"\n'
+    )
+    status, lines = check(tmp_path / "modules.toml")
+    assert status == 1
+    assert lines[0].endswith("`_routes` failed: ran longer than 0.3 s")
 
 
 def test_a_schema_error_is_one_line_with_its_line_number(tmp_path):
@@ -191,7 +232,8 @@ def test_what_only_loading_finds_is_reported_too(tmp_path):
     assert status == 1
     assert lines[0] == (
         f"{at(manifest, 'big.wat')}: component `big`: cannot instantiate: "
-        "memory minimum size of 100 pages exceeds memory limits"
+        "memory minimum size of 100 pages exceeds memory limits "
+        "(its max_memory is 1.0 MiB: raise it)"
     )
 
 

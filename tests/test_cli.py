@@ -12,6 +12,8 @@ import pytest
 import wasmtime
 
 from conftest import run_wagi
+from gateway.config import ConfigError
+from gateway.scaffold import create_app
 
 
 def test_compile_fills_the_cache_that_serve_then_reads(serve, example_apps, tmp_path):
@@ -73,7 +75,7 @@ def test_a_new_app_builds_checks_passes_its_tests_and_serves(serve, tmp_path, te
     assert created.returncode == 0, created.stderr
     folder = tmp_path / "my-app"
     assert f"Created my-app/ from the {template} template:" in created.stdout
-    assert (folder / "spin.toml").is_file() and (folder / "test_app.py").is_file()
+    assert (folder / "spin.toml").is_file() and (folder / "test_my_app.py").is_file()
 
     built = run_wagi("build", cwd=folder, timeout=120)
     assert built.returncode == 0, built.stdout + built.stderr
@@ -166,3 +168,27 @@ def test_serve_says_when_a_large_module_is_being_compiled(serve, tmp_path):
     log = serve("-c", str(tmp_path / "modules.toml")).log()
     announced = log.index("component big: compiling big.wasm (1.0 MiB), this may take a while")
     assert announced < log.index("component big: big.wasm (1.0 MiB) compiled in")
+
+
+def test_new_refuses_a_name_that_ends_in_a_newline(tmp_path):
+    result = run_wagi("new", "app\n", cwd=tmp_path)
+    assert result.returncode == 1 and "app name" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_where_no_folder_can_be_made_says_so_and_leaves_nothing(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot create .*/file/app: Not a directory"):
+        create_app("app", parent=tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_compile_fails_when_the_cache_cannot_be_written(tmp_path):
+    (tmp_path / "hello.wat").write_text(
+        '(module (memory (export "memory") 1) (func (export "_start")))'
+    )
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "hello.wat"\n')
+    (tmp_path / "cache").write_text("a file, not a folder")
+    result = run_wagi("compile", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("error: cannot write the compiled cache in ")

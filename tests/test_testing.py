@@ -62,6 +62,7 @@ def test_run_module_reports_exit_codes_and_traps(tmp_path):
     assert (exited.exit_code, exited.failure) == (3, "exit")
     trapped = run_module(guest(tmp_path, "t.wat", cgi_guest(b"", trap=True)))
     assert trapped.failure == "trap" and "unreachable" in trapped.error
+    assert trapped.exit_code is None  # it never exited: `exit_code == 0` cannot pass
 
 
 def test_output_that_is_no_cgi_response_says_why(tmp_path):
@@ -110,6 +111,10 @@ def test_cgi_environment_is_what_the_gateway_gives(tmp_path):
     assert env["X_FULL_URL"] == "http://example.org:8080/users/42/photos?size=large"
     with pytest.raises(ValueError, match="does not match"):
         cgi_environment("GET", "/other", route="/users/:id")
+    assert cgi_environment("GET", "/a?x=1")["QUERY_STRING"] == "x=1"
+    assert cgi_environment("GET", "/a?x=1")["PATH_INFO"] == "/a"
+    with pytest.raises(ValueError, match="not in both"):
+        cgi_environment("GET", "/a?x=1", query="y=2")
 
 
 # --------------------------------------------------------------------------- the client
@@ -131,6 +136,37 @@ def test_the_client_answers_as_the_gateway_does(tmp_path):
         assert client.get("/spin").status_code == 504
         assert client.get("/nowhere").status_code == 404
         assert client.get("/healthz").text == "OK\n"
+
+
+def test_the_client_sends_paths_and_headers_as_a_real_client_does(example_apps):
+    with wagi_client(example_apps) as client:
+        text = client.get("/env/caf\u00e9 au lait?q=a b&r=%41", headers=[(b"X-Raw", b"1")]).text
+    assert "argv[0]=/env/caf%C3%A9%20au%20lait\n" in text
+    assert "\nPATH_INFO=/caf\u00e9 au lait\n" in text
+    assert "\nX_RAW_PATH_INFO=/caf%C3%A9%20au%20lait\n" in text
+    assert "\nQUERY_STRING=q=a%20b&r=%41\n" in text
+    assert "\nHTTP_X_RAW=1\n" in text
+    with pytest.raises(ValueError, match="starts with `/`"):
+        client.get("http://example.org/env")
+
+
+def test_a_closed_client_and_a_slow_answer_say_what_happened(tmp_path):
+    manifest = app(tmp_path, spin=SPIN)
+    client = wagi_client(manifest, request_timeout="5s")
+    client._answer_timeout = lambda: 0.2  # the test waits less than the guest may run
+    with pytest.raises(TimeoutError, match=r"GET /spin: no answer within 0\.2 s"):
+        client.get("/spin")
+    client.close()
+    with pytest.raises(RuntimeError, match="this client is closed"):
+        client.get("/spin")
+
+
+def test_the_client_waits_as_long_as_a_component_may_take(tmp_path):
+    manifest = app(tmp_path, spin=SPIN)
+    text = manifest.read_text() + '[component.spin.tool.wagi]\nrequest_timeout = "1.5s"\n'
+    manifest.write_text(text)
+    with wagi_client(manifest, request_timeout="0.1s") as client:
+        assert client.get("/spin").status_code == 504  # after 1.5 s, not a client timeout
 
 
 def test_the_client_shuts_the_gateway_down(tmp_path):
