@@ -140,10 +140,11 @@ def serve(tmp_path: Path) -> Iterator:
         env: dict[str, str] | None = None,
         cache_dir: Path | None = None,
         verify: ssl.SSLContext | None = None,
+        port: int | None = None,
     ) -> Server:
         cache = cache_dir or tmp_path / "cache"
         log_path = tmp_path / f"server-{len(servers)}.log"
-        server = Server([*args, "--cache-dir", str(cache)], cwd, log_path, env, verify)
+        server = Server([*args, "--cache-dir", str(cache)], cwd, log_path, env, verify, port)
         servers.append(server)
         server.wait_ready()
         return server
@@ -213,4 +214,43 @@ def sleeper(seconds: float, says: bytes = b"slept") -> str:
         (i32.store (i32.const 400) (i32.const 300))
         (i32.store (i32.const 404) (i32.const {len(answer)}))
         (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))
+    """
+
+
+def spin_toml(routes: dict[str, str], extra: str = "") -> str:
+    """spin.toml text with a component per route; component NAME runs `NAME.wat`.
+
+    `extra` is appended: new tables, or keys that continue the last component's table.
+    """
+    text = 'spin_manifest_version = 2\n[application]\nname = "app"\n'
+    for route, name in routes.items():
+        text += (
+            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{name}"\n'
+            'executor = { type = "wagi" }\n'
+        )
+    for name in dict.fromkeys(routes.values()):
+        text += f'[component.{name}]\nsource = "{name}.wat"\n'
+    return text + extra
+
+
+def routes_guest(printed: bytes, trap: bool = False) -> str:
+    """A module whose `_routes` prints `printed` (or traps)."""
+    body = (
+        "unreachable"
+        if trap
+        else (
+            f"(i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) "
+            f"(i32.const {len(printed)})) (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) "
+            "(i32.const 8)))"
+        )
+    )
+    return f"""
+    (module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "{wat_string(printed)}")
+      (func (export "_routes") {body})
+      (func (export "_start"))
+      (func (export "a"))
+      (func (export "b")))
     """

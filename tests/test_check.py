@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, run_wagi
+from conftest import EXAMPLE, routes_guest, run_wagi
 from gateway.check import check_app
 from gateway.routing import RoutePattern
 
@@ -167,22 +167,8 @@ def test_routes_wagi_would_have_shadowed_by_file_order_are_warnings(tmp_path):
     assert check(manifest) == (0, ["modules.toml: ok: 3 routes, 3 components, 1 module"])
 
 
-ROUTES_GUEST = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "/one one\\n/two missing\\n")
-  (func (export "_start"))
-  (func (export "one"))
-  (func (export "_routes")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 22))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-
-
 def test_sub_routes_declared_by_routes_are_checked(tmp_path):
-    (tmp_path / "routes.wat").write_text(ROUTES_GUEST)
+    (tmp_path / "routes.wat").write_text(routes_guest(b"/one a\n/two missing\n"))
     (tmp_path / "modules.toml").write_text(
         '[[module]]\nroute = "/app/..."\nmodule = "routes.wat"\n'
     )

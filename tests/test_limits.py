@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest
+from conftest import cgi_guest, spin_toml
 
 WRITE = (
     '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
@@ -130,13 +130,11 @@ def test_limits_per_component_override_the_flags(serve, tmp_path):
     (tmp_path / "spin.wat").write_text(GUESTS["spin"])
     (tmp_path / "flood.wat").write_text(GUESTS["flood"])
     (tmp_path / "spin.toml").write_text(
-        'spin_manifest_version = 2\n[application]\nname = "l"\n'
-        '[[trigger.http]]\nroute = "/spin"\ncomponent = "spin"\nexecutor = { type = "wagi" }\n'
-        '[[trigger.http]]\nroute = "/flood"\ncomponent = "flood"\nexecutor = { type = "wagi" }\n'
-        '[component.spin]\nsource = "spin.wat"\n'
-        '[component.spin.tool.wagi]\nrequest_timeout = "300ms"\n'
-        '[component.flood]\nsource = "flood.wat"\n'
-        '[component.flood.tool.wagi]\nmax_output_size = "64K"\n'
+        spin_toml(
+            {"/spin": "spin", "/flood": "flood"},
+            '[component.spin.tool.wagi]\nrequest_timeout = "300ms"\n'
+            '[component.flood.tool.wagi]\nmax_output_size = "64K"\n',
+        )
     )
     server = serve("-c", str(tmp_path / "spin.toml"), "--request-timeout", "20")
     started = time.monotonic()

@@ -116,22 +116,14 @@ def app(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def gateways(tmp_path: Path) -> Iterator:
+def gateways(serve, tmp_path: Path):
     """Start a two-worker gateway trusting the local balancer's forwarded headers."""
-    started: list[Server] = []
 
     def start(manifest: Path, port: int | None = None) -> Server:
-        args = ["-c", str(manifest), "--workers", "2", "--forwarded-allow-ips", "127.0.0.1"]
-        args += ["--cache-dir", str(tmp_path / "cache")]
-        log_path = tmp_path / f"gateway-{len(started)}.log"
-        server = Server(args, tmp_path, log_path, port=port)
-        started.append(server)
-        server.wait_ready()
-        return server
+        trust = ["--forwarded-allow-ips", "127.0.0.1"]
+        return serve("-c", str(manifest), "--workers", "2", *trust, cwd=tmp_path, port=port)
 
-    yield start
-    for server in started:
-        server.stop()
+    return start
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cgi_guest, wat_string
+from conftest import cgi_guest, routes_guest, spin_toml
 from gateway.config import Settings
 from gateway.engine import Engine, LoadError
 from gateway.loader import load_app
@@ -15,37 +15,19 @@ from gateway.manifest import ManifestError, load_manifest
 from gateway.routing import RequestPath
 
 
-def routes_guest(printed: bytes, trap: bool = False) -> str:
-    """A module whose `_routes` prints `printed` (or traps)."""
-    body = (
-        "unreachable"
-        if trap
-        else (
-            f"(i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) "
-            f"(i32.const {len(printed)})) (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) "
-            "(i32.const 8)))"
-        )
-    )
-    return f"""
-    (module
-      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (data (i32.const 100) "{wat_string(printed)}")
-      (func (export "_routes") {body})
-      (func (export "_start"))
-      (func (export "a"))
-      (func (export "b")))
-    """
-
-
-def load(tmp_path: Path, manifest_text: str, modules: dict[str, str]):
-    for name, wat in modules.items():
-        (tmp_path / name).write_text(wat)
-    path = tmp_path / "modules.toml"
+def load(
+    tmp_path: Path,
+    manifest_text: str,
+    modules: dict[str, str],
+    name: str = "modules.toml",
+    env: tuple[tuple[str, str], ...] = (),
+):
+    for module, wat in modules.items():
+        (tmp_path / module).write_text(wat)
+    path = tmp_path / name
     path.write_text(manifest_text)
-    manifest = load_manifest(path)
-    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
-    return load_app(manifest, settings, Engine(settings.cache_dir))
+    settings = Settings(manifest=path, cache_dir=tmp_path / "cache", env=env)
+    return load_app(load_manifest(path), settings, Engine(settings.cache_dir))
 
 
 def target(app, path: str):
@@ -85,15 +67,8 @@ def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, 
 
 
 def test_routes_is_not_called_for_spin_manifests(tmp_path):
-    (tmp_path / "m.wat").write_text(routes_guest(b"/a a\n"))
-    path = tmp_path / "spin.toml"
-    path.write_text(
-        'spin_manifest_version = 2\n[application]\nname = "x"\n[[trigger.http]]\n'
-        'route = "/app/..."\ncomponent = "m"\nexecutor = { type = "wagi" }\n'
-        '[component.m]\nsource = "m.wat"\n'
-    )
-    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
-    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    manifest = spin_toml({"/app/...": "m"})
+    app = load(tmp_path, manifest, {"m.wat": routes_guest(b"/a a\n")}, "spin.toml")
     assert target(app, "/app/a") == ("/app/...", "_start")
     app.close()
 
@@ -121,26 +96,16 @@ def test_a_missing_entrypoint_is_a_warning_at_load(tmp_path, caplog):
 
 
 def test_global_environment_comes_before_the_components(tmp_path):
-    (tmp_path / "m.wat").write_text(cgi_guest())
-    path = tmp_path / "modules.toml"
-    path.write_text('[[module]]\nroute = "/"\nmodule = "m.wat"\nenvironment = { A = "mine" }\n')
-    settings = Settings(manifest=path, cache_dir=tmp_path / "c", env=(("A", "g"), ("B", "g")))
-    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    manifest = '[[module]]\nroute = "/"\nmodule = "m.wat"\nenvironment = { A = "mine" }\n'
+    app = load(tmp_path, manifest, {"m.wat": cgi_guest()}, env=(("A", "g"), ("B", "g")))
     assert app.components["m"].env == {"A": "mine", "B": "g"}
     app.close()
 
 
 def test_staged_files_are_removed_on_close(tmp_path):
-    (tmp_path / "m.wat").write_text(cgi_guest())
     (tmp_path / "f.txt").write_text("x")
-    path = tmp_path / "spin.toml"
-    path.write_text(
-        'spin_manifest_version = 2\n[application]\nname = "x"\n[[trigger.http]]\n'
-        'route = "/"\ncomponent = "m"\nexecutor = { type = "wagi" }\n'
-        '[component.m]\nsource = "m.wat"\nfiles = ["f.txt"]\n'
-    )
-    settings = Settings(manifest=path, cache_dir=tmp_path / "cache")
-    app = load_app(load_manifest(path), settings, Engine(settings.cache_dir))
+    manifest = spin_toml({"/": "m"}, 'files = ["f.txt"]\n')
+    app = load(tmp_path, manifest, {"m.wat": cgi_guest()}, "spin.toml")
     staged = Path(app.components["m"].mounts[0][0])
     assert (staged / "f.txt").read_text() == "x"
     app.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import cgi_guest
+from conftest import cgi_guest, spin_toml
 from gateway.engine import Engine, Invocation
 from gateway.pool import InstancePool
 
@@ -66,12 +66,9 @@ def test_a_burst_larger_than_the_pool_is_served_without_errors(serve, tmp_path):
 
 def test_pool_sizes_come_from_the_flag_and_from_tool_wagi(serve, tmp_path):
     (tmp_path / "a.wat").write_text(HELLO)
+    (tmp_path / "b.wat").write_text(HELLO)
     (tmp_path / "spin.toml").write_text(
-        'spin_manifest_version = 2\n[application]\nname = "p"\n'
-        '[[trigger.http]]\nroute = "/a"\ncomponent = "a"\nexecutor = { type = "wagi" }\n'
-        '[[trigger.http]]\nroute = "/b"\ncomponent = "b"\nexecutor = { type = "wagi" }\n'
-        '[component.a]\nsource = "a.wat"\n[component.a.tool.wagi]\npool_size = 1\n'
-        '[component.b]\nsource = "a.wat"\n'
+        spin_toml({"/a": "a", "/b": "b"}, "[component.a.tool.wagi]\npool_size = 1\n")
     )
     server = serve("-c", str(tmp_path / "spin.toml"), "--pool-size", "5")
     log = server.log()

@@ -12,24 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, cgi_guest
+from conftest import ROOT, cgi_guest, spin_toml
 
 
 def says(text: str) -> str:
     return cgi_guest(f"Content-Type: text/plain\n\n{text}".encode())
-
-
-def spin_toml(routes: dict[str, str], extra: str = "") -> str:
-    """A spin.toml with a component per route; component NAME runs NAME.wat."""
-    text = 'spin_manifest_version = 2\n[application]\nname = "r"\n'
-    for route, name in routes.items():
-        text += (
-            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{name}"\n'
-            'executor = { type = "wagi" }\n'
-        )
-    for name in dict.fromkeys(routes.values()):
-        text += f'[component.{name}]\nsource = "{name}.wat"\n'
-    return text + extra
 
 
 def wait_for(server, text: str, count: int = 1, timeout: float = 20) -> str:

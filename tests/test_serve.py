@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import ROOT, cgi_guest, run_wagi, wat_string
+from conftest import ROOT, cgi_guest, run_wagi, spin_toml, wat_string
 
 
 def get(server, path: str, **kwargs) -> httpx.Response:
@@ -172,16 +172,8 @@ def write_app(folder: Path, manifest: str, guests: dict[str, str]) -> Path:
 
 
 def spin_app(folder: Path, routes: dict[str, str], extra: str = "") -> Path:
-    """A spin.toml with one component per route, each running `<name>.wat`."""
-    text = 'spin_manifest_version = 2\n[application]\nname = "t"\n'
-    for route, name in routes.items():
-        text += (
-            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{name}"\n'
-            f'executor = {{ type = "wagi" }}\n'
-        )
-    for name in dict.fromkeys(routes.values()):
-        text += f'[component.{name}]\nsource = "{name}.wat"\n'
-    (folder / "spin.toml").write_text(text + extra)
+    """Write spin.toml (see conftest.spin_toml) into `folder`."""
+    (folder / "spin.toml").write_text(spin_toml(routes, extra))
     return folder / "spin.toml"
 
 

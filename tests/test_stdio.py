@@ -26,8 +26,18 @@ def run_wat(engine: Engine, tmp_path: Path, wat: str, **start):
     return call.finish()
 
 
-def fd_write_guest(fd: int, iovs: int, count: int, written_at: int, prelude: str = "") -> str:
-    """A guest making one fd_write call, then exiting with the errno it got back."""
+def fd_write_guest(
+    fd: int, iovs: int, count: int, written_at: int, prelude: str = "", exit_with_count=False
+) -> str:
+    """A guest making one fd_write call of "hello", then exiting with the errno it got
+    back, or with the count of bytes written that it reads back from `written_at`."""
+    call = f"""(call $fd_write (i32.const {fd}) (i32.const {iovs}) (i32.const {count})
+                               (i32.const {written_at}))"""
+    ending = (
+        f"(drop {call}) (call $exit (i32.load (i32.const {written_at})))"
+        if exit_with_count
+        else f"(call $exit {call})"
+    )
     return f"""
     (module
       (import "wasi_snapshot_preview1" "fd_write"
@@ -39,25 +49,12 @@ def fd_write_guest(fd: int, iovs: int, count: int, written_at: int, prelude: str
         (i32.store (i32.const 0) (i32.const 100))
         (i32.store (i32.const 4) (i32.const 5))
         {prelude}
-        (call $exit (call $fd_write (i32.const {fd}) (i32.const {iovs}) (i32.const {count})
-                                    (i32.const {written_at})))))
+        {ending}))
     """
 
 
 def test_a_write_reports_its_length_and_lands_in_stdout(engine, tmp_path):
-    wat = """
-    (module
-      (import "wasi_snapshot_preview1" "fd_write"
-        (func $fd_write (param i32 i32 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-      (memory (export "memory") 1)
-      (data (i32.const 100) "hello")
-      (func (export "_start")
-        (i32.store (i32.const 0) (i32.const 100))
-        (i32.store (i32.const 4) (i32.const 5))
-        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 200)))
-        (call $exit (i32.load (i32.const 200)))))
-    """
+    wat = fd_write_guest(1, 0, 1, 200, exit_with_count=True)
     outcome = run_wat(engine, tmp_path, wat)
     assert outcome.stdout == b"hello"
     assert outcome.exit_code == 5  # the guest read back nwritten = 5

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cgi_guest
+from conftest import ROOT, cgi_guest, spin_toml
 from gateway.engine import LoadError
 from gateway.manifest import ManifestError
 from gateway.testing import InvalidCgiResponse, cgi_environment, run_module, wagi_client
@@ -26,14 +26,9 @@ def guest(tmp_path: Path, name: str, text: str) -> Path:
 
 def app(tmp_path: Path, **guests: str) -> Path:
     """A spin.toml routing `/<name>` to each guest's WAT text."""
-    parts = ['spin_manifest_version = 2\n[application]\nname = "kit"\n']
     for name, text in guests.items():
         guest(tmp_path, f"{name}.wat", text)
-        parts.append(
-            f'[[trigger.http]]\nroute = "/{name}"\ncomponent = "{name}"\n'
-            f'executor = {{ type = "wagi" }}\n[component.{name}]\nsource = "{name}.wat"\n'
-        )
-    (tmp_path / "spin.toml").write_text("\n".join(parts))
+    (tmp_path / "spin.toml").write_text(spin_toml({f"/{name}": name for name in guests}))
     return tmp_path / "spin.toml"
 
 
