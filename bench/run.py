@@ -34,6 +34,8 @@ from pathlib import Path
 
 import httpx
 
+from gateway.config import human_size
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 PYTHON = sys.executable
@@ -327,8 +329,6 @@ def machine() -> str:
     if info.exists():
         model = re.search(r"model name\s*:\s*(.+)", info.read_text())
         cpu = model.group(1) if model else cpu
-    import wasmtime  # noqa: F401
-
     return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")  # fmt: skip
 
@@ -377,7 +377,7 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
               f"take {args.import_floor:.0f} ms (`python -c 'import asyncio, hypercorn.asyncio, "
               "hypercorn.config, wasmtime'`)."]  # fmt: skip
     compiled, cached = compile_ms
-    lines += ["", f"The large module ({_size(args.large_size)}): compiled in {compiled:.0f} ms, "
+    lines += ["", f"The large module ({human_size(args.large_size)}): compiled in {compiled:.0f} ms, "
               f"loaded from the compiled cache in {cached:.1f} ms ({compiled / cached:.0f}x).",
               "", "## Memory", "", "RSS of one gateway process while it serves hello and env:",
               "", "| requests served | RSS MiB |", "|---|---|"]  # fmt: skip
@@ -387,10 +387,6 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         first, last = memory[0][1], memory[-1][1]
         lines += ["", f"Change from the first sample to the last: {(last - first) / first:+.1%}"]
     return "\n".join(lines) + "\n"
-
-
-def _size(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def main() -> None:

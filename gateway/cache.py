@@ -11,20 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
 log = logging.getLogger("wagi.cache")
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """Where the compiled form of one module lives (or would live)."""
-
-    path: Path
-    digest: str
 
 
 class ModuleCache:
@@ -33,33 +24,33 @@ class ModuleCache:
     def __init__(self, root: Path | None, fingerprint: str) -> None:
         self.folder = root / fingerprint if root is not None else None
 
-    def entry(self, digest: str) -> CacheEntry | None:
-        """The cache entry for a module's SHA-256 digest (None when caching is off)."""
+    def entry(self, digest: str) -> Path | None:
+        """Where a module's compiled form lives, by its SHA-256 (None when caching is off)."""
         if self.folder is None:
             return None
-        return CacheEntry(self.folder / f"{digest}.cwasm", digest)
+        return self.folder / f"{digest}.cwasm"
 
-    def load(self, engine: wasmtime.Engine, entry: CacheEntry) -> wasmtime.Module | None:
+    def load(self, engine: wasmtime.Engine, entry: Path) -> wasmtime.Module | None:
         """The cached module, or None if absent or unusable (then it is removed)."""
-        if not entry.path.is_file():
+        if not entry.is_file():
             return None
         try:
-            return wasmtime.Module.deserialize_file(engine, str(entry.path))
+            return wasmtime.Module.deserialize_file(engine, str(entry))
         except wasmtime.WasmtimeError as error:
-            log.warning("ignoring unusable compiled-cache entry %s: %s", entry.path, error)
-            entry.path.unlink(missing_ok=True)
+            log.warning("ignoring unusable compiled-cache entry %s: %s", entry, error)
+            entry.unlink(missing_ok=True)
             return None
 
-    def store(self, module: wasmtime.Module, entry: CacheEntry) -> None:
+    def store(self, module: wasmtime.Module, entry: Path) -> None:
         """Save a compiled module; a cache that cannot be written is only a warning."""
         temporary = None
         try:
-            entry.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=entry.path.parent, suffix=".tmp")
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
             with os.fdopen(handle, "wb") as file:
                 file.write(module.serialize())
-            os.replace(temporary, entry.path)
+            os.replace(temporary, entry)
         except OSError as error:
-            log.warning("cannot write compiled cache %s: %s", entry.path, error)
+            log.warning("cannot write compiled cache %s: %s", entry, error)
             if temporary is not None:
                 Path(temporary).unlink(missing_ok=True)

@@ -187,20 +187,18 @@ def _shadowed_in_wagi(
 
 def _programs(manifest: Manifest, engine: Engine) -> tuple[dict[str, Program], list[Problem]]:
     """Compile and link each module that exists, once, for the components using it."""
-    programs: dict[str, Program] = {}
+    by_source: dict[Path, Program] = {}
     problems: list[Problem] = []
-    by_source: dict[Path, Program | None] = {}
-    for component in manifest.components.values():
-        if not component.source.is_file():
-            continue
-        if component.source not in by_source:
+    for source, component in manifest.modules.items():
+        if source.is_file():
             program, problem = _program(component, engine)
-            by_source[component.source] = program
+            if program is not None:
+                by_source[source] = program
             if problem is not None:
                 problems.append(problem)
-        program = by_source[component.source]
-        if program is not None:
-            programs[component.id] = program
+    programs = {
+        c.id: by_source[c.source] for c in manifest.components.values() if c.source in by_source
+    }
     return programs, problems
 
 
@@ -212,28 +210,20 @@ def _program(component: Component, engine: Engine) -> tuple[Program | None, Prob
         module = engine.load(component.source).module
     except LoadError as error:
         return problem(str(error))
-    foreign = [item for item in module.imports if item.module != WASI_MODULE]
-    if foreign:
-        names = ", ".join(f"{item.module}::{item.name}" for item in foreign)
-        return problem(
-            f"{component.source.name} imports {names}, which the gateway does not provide "
-            f"(it provides WASI preview 1, `{WASI_MODULE}`)",
-            _import_fix({item.module for item in foreign}),
-        )
-    if not isinstance(_exports(module).get("memory"), wasmtime.MemoryType):
+    foreign = {item.module for item in module.imports if item.module != WASI_MODULE}
+    try:
+        program = engine.link(module, component.source.name)
+    except LoadError as error:
+        if foreign:
+            return problem(str(error), _import_fix(foreign))
+        return problem(str(error), "the module was built for another WASI version or host")
+    if not isinstance(program.exports.get("memory"), wasmtime.MemoryType):
         return problem(
             f"{component.source.name} does not export its memory as `memory`, "
             "which WASI needs to pass it data",
             "build it as a WASI command (e.g. `-target wasm32-wasi`)",
         )
-    try:
-        return engine.link(module, component.source.name), None
-    except LoadError as error:
-        return problem(str(error), "the module was built for another WASI version or host")
-
-
-def _exports(module: wasmtime.Module) -> dict[str, object]:
-    return {item.name: item.type for item in module.exports}
+    return program, None
 
 
 # Import namespaces of modules built for Spin's own executor (its SDKs' host interfaces).

@@ -18,6 +18,7 @@ from .config import (
     Settings,
     default_cache_dir,
     find_manifest,
+    human_size,
     parse_duration,
     parse_env_file,
     parse_env_pair,
@@ -25,9 +26,8 @@ from .config import (
     parse_listen,
 )
 from .engine import Engine, LoadError
-from .loader import human_size
 from .logs import setup_logging
-from .manifest import Component, ManifestError, load_manifest
+from .manifest import ManifestError, load_manifest
 from .proxy import TrustedProxies
 from .scaffold import DEFAULT_TEMPLATE, create_app, template_names
 
@@ -382,12 +382,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     manifest = load_manifest(_manifest_path(args))
     engine = Engine(args.cache_dir)
-    by_source: dict[Path, Component] = {}  # each module once, named by its first user
-    for component in manifest.components.values():
-        by_source.setdefault(component.source, component)
-    width = max(len(source.name) for source in by_source)
+    width = max(len(source.name) for source in manifest.modules)
     compiled = 0
-    for source, component in by_source.items():
+    for source, component in manifest.modules.items():
         size = human_size(source.stat().st_size)
         print(f"{source.name:<{width}}  {size:>9}  ", end="", flush=True)
         try:
@@ -399,10 +396,10 @@ def _compile(args: argparse.Namespace) -> int:
             raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
         print(f"done in {_seconds(loaded.seconds)}" if loaded.how == "compiled" else "cached")
         entry = engine.cache.entry(loaded.digest)
-        if entry is None or not entry.path.is_file():
+        if entry is None or not entry.is_file():
             raise ConfigError(f"cannot write the compiled cache in {engine.cache.folder}")
         compiled += loaded.how == "compiled"
-    print(f"{len(by_source)} modules, {compiled} compiled, in {engine.cache.folder}")
+    print(f"{len(manifest.modules)} modules, {compiled} compiled, in {engine.cache.folder}")
     return 0
 
 
@@ -421,7 +418,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{_count(len(report.errors), 'problem')}{warnings} in {where}")
         return 1
     manifest = report.manifest
-    modules = len({c.source for c in manifest.components.values()})
+    modules = len(manifest.modules)
     print(
         f"{where}: ok: {_count(len(manifest.triggers), 'route')}, "
         f"{_count(len(manifest.components), 'component')}, {_count(modules, 'module')}"

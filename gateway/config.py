@@ -37,6 +37,15 @@ def parse_size(text: str | int) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
 
 
+def human_size(size: int) -> str:
+    """`812 B`, `36 KiB`, `3.3 MiB`."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1 << 20:
+        return f"{size // 1024} KiB"
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def parse_duration(text: str | int | float) -> float:
     """Parse seconds given as `30`, `2.5`, `500ms`, `30s` or `2m`."""
     if isinstance(text, int | float) and not isinstance(text, bool):
@@ -135,13 +144,7 @@ class Limits:
         return dataclasses.replace(self, **overrides)
 
 
-LIMIT_NAMES = (
-    "request_timeout",
-    "max_memory",
-    "max_body_size",
-    "max_output_size",
-    "max_concurrency",
-)
+LIMIT_NAMES = tuple(limit.name for limit in dataclasses.fields(Limits))
 
 
 def parse_limit(name: str, value: object) -> float | int:
@@ -232,8 +235,3 @@ class Settings:
         """`--env-file` (read now, so a reload sees its changes), then `--env`."""
         from_file = parse_env_file(self.env_file) if self.env_file else []
         return [*from_file, *self.env]
-
-    @property
-    def listen_address(self) -> tuple[str, int]:
-        """The `--listen` value as (host, port)."""
-        return parse_listen(self.listen)

@@ -532,8 +532,3 @@ class GuestCall:
             self._future = None
         self._failure, self._message = failure, message
         return self.finish()
-
-    @property
-    def output_size(self) -> int:
-        """Bytes the guest has written to stdout and stderr so far."""
-        return self._output.written

@@ -15,7 +15,7 @@ import wasmtime
 
 from . import cgi
 from .admission import Admission
-from .config import Limits, Settings
+from .config import Limits, Settings, human_size
 from .engine import Engine, FixedEnvironment, Invocation, LoadedModule, LoadError, Program
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
@@ -27,15 +27,6 @@ log = logging.getLogger("wagi.loader")
 
 # Modules this big take a noticeable time to compile: say so before starting.
 LARGE_MODULE = 1 << 20
-
-
-def human_size(size: int) -> str:
-    """`812 B`, `36 KiB`, `3.3 MiB`."""
-    if size < 1024:
-        return f"{size} B"
-    if size < 1 << 20:
-        return f"{size // 1024} KiB"
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 @dataclass
@@ -176,16 +167,18 @@ def load_app(
 
 def _check_capacity(manifest: Manifest, settings: Settings) -> None:
     """Pools hold instance slots; leave at least as many again for requests."""
-    pooled = sum(
-        settings.pool_size if c.pool_size is None else c.pool_size
-        for c in manifest.components.values()
-    )
+    pooled = sum(_pool_size(c, settings) for c in manifest.components.values())
     slots = settings.engine.max_instances
     if settings.engine.pooling and pooled * 2 > slots:
         raise LoadError(
             f"{manifest.path}: the instance pools hold {pooled} instances, more than half of "
             f"the {slots} instance slots (--max-instances); raise it or lower pool sizes"
         )
+
+
+def _pool_size(component: Component, settings: Settings) -> int:
+    """Instances kept ready for a component: its own `pool_size`, else `--pool-size`."""
+    return settings.pool_size if component.pool_size is None else component.pool_size
 
 
 def _prepare(
@@ -211,7 +204,7 @@ def _prepare(
             f"{component.origin}: component `{component.id}`: max_memory {limits.max_memory} "
             f"is more than an instance slot holds ({settings.engine.instance_memory} bytes)"
         )
-    pool_size = settings.pool_size if component.pool_size is None else component.pool_size
+    pool_size = _pool_size(component, settings)
     pool = InstancePool(program, pool_size, component.id, limits.max_memory)
     try:
         pool.fill()

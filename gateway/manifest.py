@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,14 @@ class Manifest:
     def folder(self) -> Path:
         """The folder that relative paths in the manifest start from."""
         return self.path.parent
+
+    @property
+    def modules(self) -> dict[Path, Component]:
+        """Each module file once, with the first component that runs it."""
+        first: dict[Path, Component] = {}
+        for component in self.components.values():
+            first.setdefault(component.source, component)
+        return first
 
 
 # --------------------------------------------------------------------------- reading
@@ -215,9 +223,7 @@ class _Table:
     def finish(self) -> None:
         for key in self.data:
             if key not in self._seen:
-                hint = _close_matches(key, sorted(self._seen), n=1)
-                suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
-                raise self.error(key, f"unknown key{suggestion}")
+                raise self.error(key, f"unknown key{_did_you_mean(key, sorted(self._seen))}")
 
 
 def _describe(value: Any) -> str:
@@ -323,8 +329,6 @@ def _load_spin_v2(ctx: _Context, data: dict) -> Manifest:
     component_tables = top.take("component", dict, default={})
     for component_id, table in component_tables.items():
         key_path = ("component", component_id)
-        if not _COMPONENT_ID.match(component_id):
-            raise ctx.error(key_path, "component id may use letters, digits, `-` and `_` only")
         components[component_id] = _spin_component(_Table(ctx, table, key_path), component_id)
 
     triggers, private = _spin_v2_triggers(ctx, top, components)
@@ -378,7 +382,7 @@ def _spin_v2_triggers(
     return triggers, private
 
 
-def _did_you_mean(name: str, known: dict) -> str:
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
     hint = _close_matches(name, list(known), n=1)
     return f" (did you mean `{hint[0]}`?)" if hint else ""
 
@@ -437,6 +441,10 @@ def _check_entrypoint(table: _Table, entrypoint: str) -> None:
 
 def _spin_component(table: _Table, component_id: str) -> Component:
     ctx = table.ctx
+    if not _COMPONENT_ID.match(component_id):
+        # v1 names a component with its `id` key, v2 with its table's name.
+        where = table.path("id") if table.has("id") else table.key_path
+        raise ctx.error(where, "component id may use letters, digits, `-` and `_` only")
     table.take("description", str)
     table.take("id", str)  # v1 carries the id inside the table
     for key in _UNSUPPORTED_SPIN_KEYS:
@@ -642,8 +650,6 @@ def _load_spin_v1(ctx: _Context, data: dict) -> Manifest:
     for index, entry in enumerate(top.take("component", list, required=True)):
         table = _Table(ctx, entry, ("component", index))
         component_id = table.take("id", str, required=True)
-        if not _COMPONENT_ID.match(component_id):
-            raise table.error("id", "component id may use letters, digits, `-` and `_` only")
         if component_id in components:
             raise table.error("id", f"duplicate component id `{component_id}`")
         trigger_table = table.sub("trigger", required=True)
@@ -696,7 +702,7 @@ def _load_wagi(ctx: _Context, data: dict) -> Manifest:
             if table.has(key):
                 raise table.error(key, "bindles are not supported; use a local module")
         options = _gateway_options(table)  # also finishes the table
-        component_id = _unique_id(_wagi_component_id(route, source), components)
+        component_id = _unique_id(_wagi_component_id(source), components)
         components[component_id] = Component(
             id=component_id,
             source=source,
@@ -730,7 +736,7 @@ def _wagi_volumes(table: _Table) -> tuple[Mount, ...]:
     return tuple(mounts)
 
 
-def _wagi_component_id(route: str, source: Path) -> str:
+def _wagi_component_id(source: Path) -> str:
     # WAGI modules have no names: name them after the module file, as logs need one.
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", source.stem).strip("-")
     return stem or "module"

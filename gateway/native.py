@@ -45,7 +45,6 @@ Extern = ffi.wasmtime_extern_t
 EXTERN_FUNC = 0
 EXTERN_MEMORY = 3
 TRAP_CODE_STACK_OVERFLOW = 0
-TRAP_CODE_INTERRUPT = 10
 
 _P = c_void_p  # any pointer
 

@@ -89,7 +89,7 @@ class Watched:
         """Every component's module file."""
         if self.manifest is None:
             return set()
-        return {c.source for c in self.manifest.components.values()}
+        return set(self.manifest.modules)
 
     def _files(self) -> set[Path]:
         files = {self.settings.manifest.resolve()}

@@ -37,7 +37,7 @@ from .config import (
     default_cache_dir,
     parse_limit,
 )
-from .engine import Engine, Failure, Invocation, Outcome
+from .engine import Engine, Failure, Invocation, Program
 from .executor import Executor
 from .manifest import DEFAULT_ENTRYPOINT, load_manifest
 from .pool import InstancePool
@@ -130,10 +130,7 @@ class ModuleResult:
             parsed = cgi.parse_response(self.stdout)
         except cgi.CgiError as error:
             raise InvalidCgiResponse(f"not a CGI response: {error.reason}") from None
-        pairs = [
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in parsed.headers
-        ]
-        return Response(parsed.status, Headers(pairs), parsed.body)
+        return Response(parsed.status, _headers(parsed.headers), parsed.body)
 
     @property
     def stderr_text(self) -> str:
@@ -196,8 +193,6 @@ def run_module(
     engine = Engine(cache_dir or default_cache_dir(), TEST_ENGINE)
     loaded = engine.load(source)
     program = engine.link(loaded.module, source.name)
-    chosen = _limits(limits)
-    pool = InstancePool(program, 0, source.stem, chosen.max_memory)
     invocation = Invocation(
         argv=list(args) if args is not None else [source.name],
         env=dict(env or {}),
@@ -206,13 +201,17 @@ def run_module(
     )
     executor = Executor(engine, threads=1)
     try:
-        outcome = asyncio.run(executor.run(pool, entrypoint, invocation, chosen))
+        return asyncio.run(_run(executor, program, entrypoint, invocation, _limits(limits)))
     finally:
         executor.close()
-    return _result(outcome)
 
 
-def _result(outcome: Outcome) -> ModuleResult:
+async def _run(
+    executor: Executor, program: Program, entrypoint: str, invocation: Invocation, limits: Limits
+) -> ModuleResult:
+    """One run of `program` on an instance made for it, within `limits`."""
+    pool = InstancePool(program, 0, "test", limits.max_memory)
+    outcome = await executor.run(pool, entrypoint, invocation, limits)
     ended = outcome.failure in (None, Failure.EXIT)  # it returned, or it called exit
     return ModuleResult(
         outcome.stdout,
@@ -361,13 +360,11 @@ class Client:
             stdin=stdin,
             mounts=list(runtime.mounts),
         )
-        pool = InstancePool(runtime.program, 0, runtime.id, runtime.limits.max_memory)
-        outcome = self._call(
-            self.gateway.executor.run(pool, entrypoint, invocation, runtime.limits),
+        return self._call(
+            _run(self.gateway.executor, runtime.program, entrypoint, invocation, runtime.limits),
             runtime.limits.request_timeout + ANSWER_GRACE,
             f"component {component}",
         )
-        return _result(outcome)
 
     # ------------------------------------------------------------ lifecycle
 

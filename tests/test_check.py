@@ -103,7 +103,7 @@ def test_every_problem_is_reported_on_its_own_line(tmp_path):
         f"{at(manifest, '/reactor')}: component `reactor`: route /reactor will answer 500: "
         "the module does not export `_start`; fix: it is a WASI reactor"
     )
-    assert "imports env::sqrt, env::log, which the gateway does not provide" in line_for(
+    assert "imports env::sqrt, env::log, which this gateway does not provide" in line_for(
         lines, "foreign"
     )
     assert "-Wl,--no-undefined" in line_for(lines, "foreign")

@@ -328,6 +328,20 @@ ERRORS = [
         "only HTTP triggers are supported",
         id="spin-v1-redis",
     ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('"c"', '"c.d"').replace("[component.c]", '[component."c.d"]'),
+        8,
+        'component."c.d": component id may use letters, digits',
+        id="spin-v2-bad-component-id",
+    ),
+    pytest.param(
+        'spin_manifest_version = "1"\nname = "x"\ntrigger = { type = "http" }\n'
+        "[[component]]\nid = 'c d'\nsource = 'hello.wat'\n"
+        "[component.trigger]\nroute = '/'\nexecutor = { type = 'wagi' }\n",
+        5,
+        "component[0].id: component id may use letters, digits",
+        id="spin-v1-bad-component-id",
+    ),
 ]
 
 
