@@ -17,12 +17,14 @@ from .manifest import Component, Manifest
 class BuildError(Exception):
     """A build command failed; `exit_code` is its exit status."""
 
-    def __init__(self, component: str, command: str, exit_code: int) -> None:
+    def __init__(self, component: str, command: str, exit_code: int, output: str = "") -> None:
         super().__init__(
             f"building component `{component}` failed: `{command}` exited with status {exit_code}"
         )
         self.component = component
+        self.command = command
         self.exit_code = exit_code
+        self.output = output  # what the command printed, when it was captured
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,30 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def build_component(component: Component, echo: Callable[[str], None] = say) -> BuildResult:
-    """Run a component's build commands in its workdir; raise BuildError on failure."""
+def build_component(
+    component: Component, echo: Callable[[str], None] = say, capture: bool = False
+) -> BuildResult:
+    """Run a component's build commands in its workdir; raise BuildError on failure.
+
+    The commands print to this process's output, or with `capture` into the BuildError.
+    """
     assert component.build is not None
     started = time.perf_counter()
     env = build_environment()
     for command in component.build.commands:
         echo(f"Building component {component.id} with `{command}`")
         completed = subprocess.run(
-            command, shell=True, cwd=component.build.workdir, env=env, check=False
+            command,
+            shell=True,
+            cwd=component.build.workdir,
+            env=env,
+            capture_output=capture,
+            text=True,
+            check=False,
         )
         if completed.returncode != 0:
-            raise BuildError(component.id, command, completed.returncode)
+            output = (completed.stdout or "") + (completed.stderr or "")
+            raise BuildError(component.id, command, completed.returncode, output.strip())
     seconds = time.perf_counter() - started
     echo(f"Finished building {component.id} in {seconds:.1f}s")
     return BuildResult(component.id, seconds)

@@ -15,14 +15,13 @@ import contextlib
 import fnmatch
 import hashlib
 import logging
-import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
 import watchfiles
 
-from .build import build_environment
+from .build import BuildError, build_component
 from .config import Settings
 from .manifest import Component, Manifest, ManifestError, load_manifest
 
@@ -171,28 +170,18 @@ class Reloader:
 
 def _build(component: Component) -> bool:
     """Run a component's build; on failure log its output and say the old version stays."""
-    assert component.build is not None
-    for command in component.build.commands:
-        result = subprocess.run(
-            command,
-            shell=True,
-            cwd=component.build.workdir,
-            env=build_environment(),
-            capture_output=True,
-            text=True,
-            check=False,
+    try:
+        build_component(component, echo=log.debug, capture=True)
+    except BuildError as error:
+        log.error(
+            "rebuilding %s failed: `%s` exited with status %d; the running "
+            "version stays live. Its output:\n%s",
+            component.id,
+            error.command,
+            error.exit_code,
+            error.output,
         )
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip()
-            log.error(
-                "rebuilding %s failed: `%s` exited with status %d; the running "
-                "version stays live. Its output:\n%s",
-                component.id,
-                command,
-                result.returncode,
-                output,
-            )
-            return False
+        return False
     log.info("rebuilt %s", component.id)
     return True
 

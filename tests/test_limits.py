@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest, spin_toml
+from conftest import cgi_guest, run_wagi, spin_toml
 
 WRITE = (
     '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
@@ -167,7 +167,6 @@ def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp
 
 
 def test_a_module_whose_memory_cannot_fit_the_limit_is_a_load_error(tmp_path):
-    from conftest import run_wagi
 
     (tmp_path / "big.wat").write_text('(module (memory 600) (func (export "_start")))')
     (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "big.wat"\n')
@@ -187,7 +186,6 @@ def test_a_module_whose_memory_cannot_fit_the_limit_is_a_load_error(tmp_path):
     ],
 )
 def test_bad_limit_flags_are_refused(example_apps, flag, value, message):
-    from conftest import run_wagi
 
     result = run_wagi("serve", "-c", str(example_apps), flag, value)
     assert result.returncode == 1

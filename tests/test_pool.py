@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import cgi_guest, spin_toml
+from conftest import cgi_guest, run_wagi, spin_toml
 from gateway.engine import Engine, Invocation
 from gateway.pool import InstancePool
 
@@ -77,7 +77,6 @@ def test_pool_sizes_come_from_the_flag_and_from_tool_wagi(serve, tmp_path):
 
 
 def test_pools_may_not_take_more_than_half_the_instance_slots(tmp_path):
-    from conftest import run_wagi
 
     (tmp_path / "a.wat").write_text(HELLO)
     (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "a.wat"\n')

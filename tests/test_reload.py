@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, cgi_guest, spin_toml
+from conftest import ROOT, cgi_guest, run_wagi, spin_toml
 
 
 def says(text: str) -> str:
@@ -148,7 +148,6 @@ def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
         'watch = ["greeting.txt"]\n'
     )
     (app / "spin.toml").write_text(spin_toml({"/greet": "greet"}, build))
-    from conftest import run_wagi
 
     assert run_wagi("build", "-c", str(app / "spin.toml")).returncode == 0
     server = serve("-c", str(app / "spin.toml"), "--watch")
@@ -186,7 +185,6 @@ def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
         'command = "python -m ziglang cc -target wasm32-wasi -O1 hi.c -o hi.wasm"\n'
         'watch = ["*.c"]\n'
     )
-    from conftest import run_wagi
 
     assert run_wagi("build", "-c", str(app / "spin.toml"), timeout=300).returncode == 0
     server = serve("-c", str(app / "spin.toml"), "--watch")
