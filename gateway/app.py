@@ -336,6 +336,15 @@ class Gateway:
         """Serve a matched request: (status, body bytes sent, seconds the guest ran)."""
         component = handler.component
         limits = component.limits
+        if handler.problem is not None:  # found at load: no guest could run
+            log.error(
+                "%s: 500, component %s, route %s: %s",
+                request_id,
+                component.id,
+                handler.pattern.text,
+                handler.problem,
+            )
+            return await _respond(send, request_id, 500), 0, 0.0
 
         def refuse(status: int, reason: str, kind: str, retry: bool = False) -> Awaitable[int]:
             self.metrics.limit(component.id, kind)

@@ -9,7 +9,6 @@ is missing is not also reported as failing to compile.
 from __future__ import annotations
 
 import difflib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import wasmtime
 
 from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
-from .loader import Handler, load_app
+from .loader import load_app
 from .manifest import Component, Manifest, ManifestError, Trigger, load_manifest
-from .routing import BUILT_IN_PATHS, Route, RoutePattern, RouteSyntaxError
+from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
 
 
 @dataclass(frozen=True)
@@ -295,42 +294,24 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 
 def _full_load(manifest: Manifest, engine: Engine) -> list[Problem]:
     """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
-    settings = Settings(manifest=manifest.path)  # the defaults `serve` would use
-    quiet = logging.getLogger("wagi.loader")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the load's progress lines are not the report
     try:
-        loaded = load_app(manifest, settings, engine)
-    except (ManifestError, LoadError) as error:
-        return [Problem(*_split_origin(str(error)))]
-    finally:
-        quiet.setLevel(level)
+        loaded = load_app(manifest, Settings(manifest=manifest.path), engine)
+    except ManifestError as error:
+        return [Problem(error.origin, _key_message(error))]
+    except LoadError as error:
+        return [Problem(error.origin, error.message)]
     try:
-        return _declared_route_problems(loaded.routes.routes)
+        # The manifest's own routes passed `_entrypoint_problems`: these were declared
+        # by `_routes`.
+        return [
+            Problem(
+                handler.origin,
+                f"route {handler.pattern.text}, declared by its `_routes`, will answer 500: "
+                f"{handler.problem}",
+                handler.component.id,
+                "make `_routes` print an entrypoint the module exports",
+            )
+            for handler in loaded.broken_routes()
+        ]
     finally:
         loaded.close()
-
-
-def _declared_route_problems(routes: tuple[Route[Handler], ...]) -> list[Problem]:
-    """Entrypoints of the sub-routes modules declare with `_routes` (WAGI)."""
-    problems = []
-    for route in routes:
-        handler = route.target
-        reason = handler.component.program.entrypoint_problem(handler.entrypoint)
-        if reason is not None:
-            problems.append(
-                Problem(
-                    handler.origin,
-                    f"route {route.pattern.text}, declared by its `_routes`, will answer 500: "
-                    f"{reason}",
-                    handler.component.id,
-                    "make `_routes` print an entrypoint the module exports",
-                )
-            )
-    return problems
-
-
-def _split_origin(text: str) -> tuple[str, str]:
-    """`file:line: message` into its origin and message."""
-    head, _, rest = text.partition(": ")
-    return (head, rest) if rest else ("", text)

@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_manifest_option(check)
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too (for CI, say)")
     _add_cache_option(check)
-    _add_log_option(check)
+    _add_log_option(check, default="warning")  # the report, not the load's progress
     check.set_defaults(run=_check)
 
     new = commands.add_parser(
@@ -291,10 +291,10 @@ def _add_cache_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_log_option(parser: argparse.ArgumentParser) -> None:
+def _add_log_option(parser: argparse.ArgumentParser, default: str = "info") -> None:
     parser.add_argument(
         "--log-level",
-        default="info",
+        default=default,
         choices=["debug", "info", "warning", "error"],
         help="gateway log level (default: %(default)s)",
     )
@@ -393,7 +393,7 @@ def _compile(args: argparse.Namespace) -> int:
             )
         except LoadError as error:
             print("failed")
-            raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+            raise LoadError(f"component `{component.id}`: {error}", component.origin) from None
         print(f"done in {_seconds(loaded.seconds)}" if loaded.how == "compiled" else "cached")
         entry = engine.cache.entry(loaded.digest)
         if entry is None or not entry.is_file():

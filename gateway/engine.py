@@ -47,7 +47,13 @@ _WASM_PAGE = 65536
 
 
 class LoadError(Exception):
-    """A module cannot be compiled, linked or instantiated; the message says why."""
+    """A module cannot be compiled, linked or instantiated; the message says why, and
+    `origin` (`file:line` of the manifest, when known) says where."""
+
+    def __init__(self, message: str, origin: str = "") -> None:
+        super().__init__(f"{origin}: {message}" if origin else message)
+        self.message = message
+        self.origin = origin
 
 
 @dataclass(slots=True)

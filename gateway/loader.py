@@ -67,6 +67,9 @@ class Handler:
     fixed_env: FixedEnvironment
     # Configured variables that a request's own variables may replace (`HTTP_*`, ...).
     optional_env: dict[str, str]
+    # Why the entrypoint cannot run (the module does not export it): every request to
+    # this route answers 500 without starting a guest.
+    problem: str | None = None
 
 
 def make_handler(
@@ -81,7 +84,15 @@ def make_handler(
     constants = cgi.RouteConstants(pattern.text, pattern.prefix, base_path)
     fixed, optional = cgi.fixed_environment(constants, component.env)
     return Handler(
-        component, pattern, entrypoint, argv, base_path, origin, FixedEnvironment(fixed), optional
+        component,
+        pattern,
+        entrypoint,
+        argv,
+        base_path,
+        origin,
+        FixedEnvironment(fixed),
+        optional,
+        component.program.entrypoint_problem(entrypoint),
     )
 
 
@@ -106,6 +117,10 @@ class LoadedApp:
         self.requests = 0  # in flight on this version
         self.retired = False
         self._closed = False
+
+    def broken_routes(self) -> list[Handler]:
+        """The routes whose entrypoint cannot run: they answer 500."""
+        return [route.target for route in self.routes.routes if route.target.problem]
 
     def modules(self) -> dict[str, wasmtime.Module]:
         """This version's compiled modules, by digest, for the next version to reuse."""
@@ -156,12 +171,6 @@ def load_app(
         for runtime in components.values():
             runtime.close()
         raise
-    for handler in handlers:
-        problem = handler.component.program.entrypoint_problem(handler.entrypoint)
-        if problem:
-            log.warning(
-                "%s: route %s will answer 500: %s", handler.origin, handler.pattern.text, problem
-            )
     return LoadedApp(manifest, components, routes)
 
 
@@ -171,8 +180,9 @@ def _check_capacity(manifest: Manifest, settings: Settings) -> None:
     slots = settings.engine.max_instances
     if settings.engine.pooling and pooled * 2 > slots:
         raise LoadError(
-            f"{manifest.path}: the instance pools hold {pooled} instances, more than half of "
-            f"the {slots} instance slots (--max-instances); raise it or lower pool sizes"
+            f"the instance pools hold {pooled} instances, more than half of the {slots} "
+            "instance slots (--max-instances); raise it or lower pool sizes",
+            str(manifest.path),
         )
 
 
@@ -197,12 +207,13 @@ def _prepare(
             loaded.module, f"component `{component.id}` ({component.source.name})"
         )
     except LoadError as error:
-        raise LoadError(f"{component.origin}: {error}") from None
+        raise LoadError(str(error), component.origin) from None
     limits = settings.limits.merged(component.limits)
     if settings.engine.pooling and limits.max_memory > settings.engine.instance_memory:
         raise LoadError(
-            f"{component.origin}: component `{component.id}`: max_memory {limits.max_memory} "
-            f"is more than an instance slot holds ({settings.engine.instance_memory} bytes)"
+            f"component `{component.id}`: max_memory {limits.max_memory} is more than an "
+            f"instance slot holds ({settings.engine.instance_memory} bytes)",
+            component.origin,
         )
     pool_size = _pool_size(component, settings)
     pool = InstancePool(program, pool_size, component.id, limits.max_memory)
@@ -212,7 +223,7 @@ def _prepare(
         hint = ""
         if "memory minimum" in str(error):  # its initial memory is over the limit
             hint = f" (its max_memory is {human_size(limits.max_memory)}: raise it)"
-        raise LoadError(f"{component.origin}: component `{component.id}`: {error}{hint}") from None
+        raise LoadError(f"component `{component.id}`: {error}{hint}", component.origin) from None
     log.info("component %s: %d instances ready", component.id, pool_size)
     admission = Admission(limits.max_concurrency, limits.max_concurrency, Limits.QUEUE_TIMEOUT)
     staged = StagedFiles(component) if component.files else None
@@ -248,7 +259,7 @@ def _load_module(
     try:
         loaded = engine.load(component.source, known, compiling)
     except LoadError as error:
-        raise LoadError(f"{component.origin}: component `{component.id}`: {error}") from None
+        raise LoadError(f"component `{component.id}`: {error}", component.origin) from None
     how = {
         "compiled": "compiled",
         "cached": "loaded from the compiled cache",
@@ -318,33 +329,33 @@ def _declared_routes(parent: Handler) -> list[Handler]:
             component.limits.request_timeout,
         )
     except LoadError as error:
-        raise LoadError(f"{parent.origin}: {name}: {error}") from None
+        raise LoadError(f"{name}: {error}", parent.origin) from None
     if not outcome.ok:
         reason = outcome.error or f"exit code {outcome.exit_code}"
-        raise LoadError(f"{parent.origin}: {name}: `_routes` failed: {reason}")
+        raise LoadError(f"{name}: `_routes` failed: {reason}", parent.origin)
     lines = [line.strip() for line in outcome.stdout.decode("utf-8", "replace").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
-        raise LoadError(f"{parent.origin}: {name}: `_routes` printed no routes")
+        raise LoadError(f"{name}: `_routes` printed no routes", parent.origin)
     base = parent.pattern.prefix.rstrip("/")
     handlers = []
     for line in lines:
         fields = line.split()
         if len(fields) != 2:
             raise LoadError(
-                f"{parent.origin}: {name}: `_routes` printed {line!r}; "
-                "expected `<path> <entrypoint>`"
+                f"{name}: `_routes` printed {line!r}; expected `<path> <entrypoint>`",
+                parent.origin,
             )
         subpath, entrypoint = fields
         if not subpath.startswith("/"):
             raise LoadError(
-                f"{parent.origin}: {name}: `_routes` printed {subpath!r}: a route "
-                "must start with `/`"
+                f"{name}: `_routes` printed {subpath!r}: a route must start with `/`",
+                parent.origin,
             )
         try:
             pattern = RoutePattern.parse(base + subpath)
         except RouteSyntaxError as error:
-            raise LoadError(f"{parent.origin}: {name}: `_routes`: {error}") from None
+            raise LoadError(f"{name}: `_routes`: {error}", parent.origin) from None
         handlers.append(
             make_handler(
                 component, pattern, entrypoint, parent.argv, parent.base_path, parent.origin

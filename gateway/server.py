@@ -111,7 +111,15 @@ def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
 
     def load(previous: LoadedApp | None) -> LoadedApp:
         current = manifest if previous is None else load_manifest(settings.manifest)
-        return load_app(current, settings, engine, previous)
+        loaded = load_app(current, settings, engine, previous)
+        for handler in loaded.broken_routes():
+            log.warning(
+                "%s: route %s will answer 500: %s",
+                handler.origin,
+                handler.pattern.text,
+                handler.problem,
+            )
+        return loaded
 
     return Gateway(settings, Executor(engine, settings.guest_threads), load)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -85,14 +84,15 @@ def test_a_route_clash_names_both_routes_and_components(tmp_path):
     assert "route /users/:name clashes with route /users/:id of component `a`" in message
 
 
-def test_a_missing_entrypoint_is_a_warning_at_load(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING):
-        load(
-            tmp_path,
-            '[[module]]\nroute = "/"\nmodule = "m.wat"\nentrypoint = "nope"\n',
-            {"m.wat": cgi_guest()},
-        ).close()
-    assert "route / will answer 500: the module does not export `nope`" in caplog.text
+def test_a_missing_entrypoint_is_found_at_load(tmp_path):
+    app = load(
+        tmp_path,
+        '[[module]]\nroute = "/"\nmodule = "m.wat"\nentrypoint = "nope"\n',
+        {"m.wat": cgi_guest()},
+    )
+    (broken,) = app.broken_routes()
+    assert (broken.pattern.text, broken.problem) == ("/", "the module does not export `nope`")
+    app.close()
 
 
 def test_global_environment_comes_before_the_components(tmp_path):

@@ -533,3 +533,21 @@ def test_wagi_routes_declared_by_the_module(serve, tmp_path):
     assert get(server, "/app/hello").text == "hello\n"
     assert get(server, "/app/files/x/y").text == "files\n"
     assert get(server, "/app/other").text == "main\n"
+
+
+def test_a_route_whose_entrypoint_is_missing_is_known_at_load_and_answers_500(serve, tmp_path):
+    (tmp_path / "m.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nfine\n"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/ok"\nmodule = "m.wat"\n\n'
+        '[[module]]\nroute = "/broken"\nmodule = "m.wat"\nentrypoint = "nope"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    assert "modules.toml:6: route /broken will answer 500: the module does not export `nope`" in (
+        server.log()
+    )
+    response = get(server, "/broken")
+    assert response.status_code == 500
+    request_id = response.headers["x-request-id"]
+    expected = f"{request_id}: 500, component m-2, route /broken: the module does not export"
+    assert expected in server.log()
+    assert get(server, "/ok").text == "fine\n"
