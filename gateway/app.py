@@ -263,10 +263,10 @@ class Gateway:
         loaded: LoadedApp,
         started: float,
     ) -> None:
-        path = scope["path"]
-        raw_path = scope.get("raw_path") or path.encode()
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"").decode("latin-1")
         try:
-            request_path = RequestPath.parse(raw_path.decode("latin-1"))
+            request_path = RequestPath.parse(raw_path.decode("latin-1"), query)
         except BadPath as error:
             await _respond(send, request_id, 400, str(error))
             return
@@ -275,12 +275,9 @@ class Gateway:
             await _respond(send, request_id, 404)
             return
         handler = match.route.target
-        try:
-            status, sent, guest = await self._serve_route(
-                scope, receive, send, request_id, match, handler
-            )
-        except cgi.BadRequest as error:
-            status, sent, guest = await _respond(send, request_id, 400, str(error)), 0, 0.0
+        status, sent, guest = await self._serve_route(
+            scope, receive, send, request_id, request_path, match, handler
+        )
         self._record(request_id, scope, handler, status, sent, started, guest)
 
     def _record(
@@ -330,6 +327,7 @@ class Gateway:
         receive: Receive,
         send: Send,
         request_id: str,
+        request_path: RequestPath,
         match: Match,
         handler: Handler,
     ) -> tuple[int, int, float]:
@@ -378,7 +376,7 @@ class Gateway:
             outcome = await self.executor.run(
                 component.pool,
                 handler.entrypoint,
-                self._invocation(scope, match, handler, body),
+                self._invocation(scope, request_path, match, handler, body),
                 limits,
             )
         finally:
@@ -387,8 +385,10 @@ class Gateway:
         status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
         return status, sent, outcome.seconds
 
-    def _invocation(self, scope: Scope, match: Match, handler: Handler, body: bytes) -> Invocation:
-        request = _cgi_request(scope, len(body))
+    def _invocation(
+        self, scope: Scope, target: RequestPath, match: Match, handler: Handler, body: bytes
+    ) -> Invocation:
+        request = _cgi_request(scope, target, len(body))
         if self.proxies.enabled:
             _apply_forwarding(request, self.proxies.resolve(_peer(scope), scope["headers"]))
         return Invocation(
@@ -491,13 +491,11 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-def _cgi_request(scope: Scope, body_length: int) -> cgi.Request:
-    query = scope.get("query_string", b"").decode("latin-1")
-    raw_path = scope.get("raw_path") or scope["path"].encode()
+def _cgi_request(scope: Scope, target: RequestPath, body_length: int) -> cgi.Request:
     return cgi.Request(
         method=scope["method"],
-        raw_path=raw_path.decode("latin-1"),
-        query=query,
+        raw_path=target.raw,
+        query=target.query,
         headers=scope["headers"],
         body_length=body_length,
         scheme=scope.get("scheme", "http"),

@@ -91,7 +91,7 @@ REQUEST_PREFIXES = ("HTTP_", "X_PATH_MATCH_")
 
 def argv(template: str, request: Request) -> list[str]:
     """Expand an argv template: `${SCRIPT_NAME}` is the path, `${ARGS}` the query's parts."""
-    if template == DEFAULT_ARGV:
+    if template == DEFAULT_ARGV:  # nearly every route's, without the general loop
         return _default_argv(request)
     args = request.query.split("&") if request.query else []
     result: list[str] = []
@@ -150,14 +150,11 @@ def fixed_environment(
     return fixed, optional
 
 
-class BadRequest(ValueError):
-    """The request holds something no environment variable can carry."""
-
-
 def request_environment(request: Request, match: Match, optional: dict[str, str]) -> dict[str, str]:
-    """The variables that depend on the request, `HTTP_*` headers included."""
-    if "\x00" in request.raw_path or "\x00" in request.query:
-        raise BadRequest("the request target holds a NUL byte")
+    """The variables that depend on the request, `HTTP_*` headers included.
+
+    The request target holds no NUL: `RequestPath.parse` refused it before routing.
+    """
     env, host, content_type = _header_variables(request.headers)
     server_name, server_port = _server_address(request, request.forwarded_host or host)
     client_host, client_port = request.client or ("", 0)

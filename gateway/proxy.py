@@ -89,12 +89,16 @@ class TrustedProxies:
         return addresses[0] if addresses else None
 
 
+_FORWARDING_HEADERS = frozenset(
+    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+
+
 def _collect(headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[str]]:
-    wanted = {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
     found: dict[bytes, list[str]] = {}
     for name, value in headers:
         name = name.lower()
-        if name in wanted:
+        if name in _FORWARDING_HEADERS:
             found.setdefault(name, []).append(value.decode("latin-1"))
     return found
 

@@ -134,17 +134,21 @@ class Match(Generic[Target]):
 
 @dataclass(frozen=True)
 class RequestPath:
-    """A request path split into raw (percent-encoded) and decoded segments."""
+    """A request target: its path split into raw (percent-encoded) and decoded segments,
+    and its query."""
 
     raw: str
     raw_segments: tuple[str, ...]
     segments: tuple[str, ...]
+    query: str = ""
 
     @classmethod
-    def parse(cls, raw_path: str) -> RequestPath:
+    def parse(cls, raw_path: str, query: str = "") -> RequestPath:
         """Split and decode a raw request path; refuse what no handler should see."""
         if not raw_path.startswith("/"):
             raise BadPath("path must start with `/`")
+        if "\x00" in query:
+            raise BadPath("query must not contain NUL")
         raw_segments = tuple(raw_path[1:].split("/"))
         if "%" not in raw_path:
             segments = raw_segments
@@ -160,7 +164,7 @@ class RequestPath:
                 raise BadPath("path must not contain `.` or `..` segments")
             if "\x00" in segment:
                 raise BadPath("path must not contain NUL")
-        return cls(raw_path, raw_segments, segments)
+        return cls(raw_path, raw_segments, segments, query)
 
 
 class RouteTable(Generic[Target]):

@@ -156,7 +156,7 @@ def cgi_environment(
         raise ValueError("give the query in `path` or in `query`, not in both")
     query_text = query_text or query_in_path
     pattern = RoutePattern.parse(route)
-    match = RouteTable([Route(pattern, None)]).match(RequestPath.parse(path))
+    match = RouteTable([Route(pattern, None)]).match(RequestPath.parse(path, query_text))
     if match is None:
         raise ValueError(f"route {route} does not match {path}")
     request = cgi.Request(

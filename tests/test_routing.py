@@ -125,5 +125,11 @@ def test_paths_no_handler_should_see_are_refused(path):
         RequestPath.parse(path)
 
 
+def test_a_query_holding_nul_is_refused_and_others_are_kept_as_sent():
+    with pytest.raises(BadPath, match="query must not contain NUL"):
+        RequestPath.parse("/a", "x=\x00")
+    assert RequestPath.parse("/a", "x=%00&y").query == "x=%00&y"
+
+
 def test_unmatched_path_is_none():
     assert match(table("/a", "/b/..."), "/c") is None
