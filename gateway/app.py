@@ -157,7 +157,7 @@ class Gateway:
         old, self.loaded = self.loaded, loaded
         self.metrics.loaded(loaded)
         if old is not None:
-            self.metrics.sync_pools(old)  # count its last takes before it goes
+            self.metrics.retired(old, loaded)
             old.retire()
 
     async def reload(self, reason: str, rebuilt: Sequence[str] = ()) -> bool:

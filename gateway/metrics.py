@@ -10,7 +10,7 @@ workers, since prometheus-client reads it when imported.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -88,16 +88,25 @@ class Metrics:
             multiprocess_mode="max",
             registry=registry,
         )
-        self._pool_counts: dict[int, tuple[int, int]] = {}  # id(pool): hits, misses synced
+        # `labels()` takes a lock and builds a key each time (~1.5 us); requests reuse a
+        # handful of label sets, so their children are kept here.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, family: Counter | Histogram, *labels: str) -> Any:
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def request(self, component: str, route: str, status: int, seconds: float) -> None:
         """Count an answered request and its latency."""
-        self.requests.labels(component, route, str(status)).inc()
-        self.request_seconds.labels(component, route).observe(seconds)
+        self._child(self.requests, component, route, str(status)).inc()
+        self._child(self.request_seconds, component, route).observe(seconds)
 
     def guest(self, component: str, seconds: float) -> None:
         """Record how long a guest ran."""
-        self.guest_seconds.labels(component).observe(seconds)
+        self._child(self.guest_seconds, component).observe(seconds)
 
     def limit(self, component: str, kind: str) -> None:
         """Count a request stopped by a limit (timeout, memory, output, body, ...)."""
@@ -113,15 +122,19 @@ class Metrics:
         """Bring the pool metrics up to date with the pools of the running version."""
         if app is None:
             return
-        counts = {}
         for component in app.components.values():
             pool = component.pool
             self.pool_ready.labels(component.id).set(len(pool))
-            hits, misses = self._pool_counts.get(id(pool), (0, 0))
-            self.pool_takes.labels(component.id, "hit").inc(pool.hits - hits)
-            self.pool_takes.labels(component.id, "miss").inc(pool.misses - misses)
-            counts[id(pool)] = (pool.hits, pool.misses)
-        self._pool_counts = counts  # pools of retired versions are forgotten
+            hits, misses = pool.take_counts()
+            self.pool_takes.labels(component.id, "hit").inc(hits)
+            self.pool_takes.labels(component.id, "miss").inc(misses)
+
+    def retired(self, old: LoadedApp, new: LoadedApp) -> None:
+        """Count the last takes of a replaced version; drop the gauges of its removed components."""
+        self.sync_pools(old)
+        for component_id in old.components.keys() - new.components.keys():
+            self.pool_ready.labels(component_id).set(0)  # what other workers' sums still see
+            self.pool_ready.remove(component_id)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format (every worker's, with several)."""

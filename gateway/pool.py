@@ -31,8 +31,8 @@ class InstancePool:
         self.memory_limit = memory_limit
         self._ready: deque[Instance] = deque()
         self._refill_scheduled = False
-        self.hits = 0
-        self.misses = 0
+        self._hits = 0  # takes since the last `take_counts()`
+        self._misses = 0
         self.closed = False
 
     def __len__(self) -> int:
@@ -44,10 +44,16 @@ class InstancePool:
         try:
             instance = self._ready.popleft()
         except IndexError:
-            self.misses += 1
+            self._misses += 1
             return self.program.instantiate(self.memory_limit)
-        self.hits += 1
+        self._hits += 1
         return instance
+
+    def take_counts(self) -> tuple[int, int]:
+        """Takes since the last call: (hits, misses)."""
+        counts = (self._hits, self._misses)
+        self._hits = self._misses = 0
+        return counts
 
     def fill(self) -> None:
         """Make instances until the pool is full (at load time)."""
