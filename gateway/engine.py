@@ -250,6 +250,7 @@ class Program:
         self._instance_pre = instance_pre  # keeps the InstancePre alive
         self._instance_pre_address = native.address(instance_pre)
         self.exports = {item.name: item.type for item in module.exports}
+        self.is_reactor = "_initialize" in self.exports
         # A guest that can sleep inside a host call cannot be interrupted there.
         self.may_block = any(
             item.module == WASI_MODULE and item.name == "poll_oneoff" for item in module.imports
@@ -268,15 +269,11 @@ class Program:
         """Run `entrypoint` on a fresh instance, on this thread, stopping it after
         `timeout` seconds (for load time, where no executor runs guests yet)."""
         call = self.instantiate().start(entrypoint, invocation, first_slice=1, slice_ticks=1)
-        deadline = time.monotonic() + timeout
         stop_ticking = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(stop_ticking,), daemon=True)
         ticker.start()
         try:
-            while not call.poll():  # returns at each tick, so the deadline is seen in time
-                if time.monotonic() > deadline:
-                    return call.cancel(Failure.TIMEOUT, f"ran longer than {timeout:g} s")
-            return call.finish()
+            return call.run_to_end(time.monotonic() + timeout, timeout)
         finally:
             stop_ticking.set()
             ticker.join()
@@ -303,7 +300,12 @@ class Program:
             native.wasmtime_store_delete(store)
             reason = native.error_text(error) if error else native.trap_details(trap.value)[0]
             raise LoadError(f"cannot instantiate: {reason}")
-        return Instance(store, context, handle, "_initialize" in self.exports, memory_limit)
+        return Instance(store, context, handle, self.is_reactor, memory_limit)
+
+
+def timeout_message(timeout: float) -> str:
+    """What a guest stopped at its time limit is told, and the log says."""
+    return f"ran longer than its limit of {timeout:g} s"
 
 
 def _chain(error: Exception) -> str:
@@ -486,6 +488,18 @@ class GuestCall:
             self._collect_result()
             self.done = self._failure is not None or not self._functions
         return True
+
+    def run_to_end(
+        self, deadline: float, timeout: float, stopped: threading.Event | None = None
+    ) -> Outcome:
+        """Poll on this thread until the guest finishes, `deadline` (monotonic) passes,
+        or `stopped` is set; each poll returns at a tick, so both are seen in time."""
+        while not self.poll():
+            if time.monotonic() > deadline:
+                return self.cancel(Failure.TIMEOUT, timeout_message(timeout))
+            if stopped is not None and stopped.is_set():
+                return self.cancel(Failure.CANCELLED, "the gateway is shutting down")
+        return self.finish()
 
     def _collect_result(self) -> None:
         if self._error.value:

@@ -23,7 +23,7 @@ import threading
 import time
 
 from .config import Limits
-from .engine import Engine, Failure, GuestCall, Invocation, LoadError, Outcome
+from .engine import Engine, Failure, Invocation, LoadError, Outcome, timeout_message
 from .pool import InstancePool
 from .ticker import EpochTicker
 
@@ -91,20 +91,12 @@ class Executor:
                 return
             call, loop, future, deadline, timeout = item
             try:
-                outcome = self._finish(call, deadline, timeout)
+                outcome = call.run_to_end(deadline, timeout, self._stopped)
             finally:
                 self.ticker.guest_stopped()
             # If the loop has closed, nobody is waiting for this answer any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
-
-    def _finish(self, call: GuestCall, deadline: float, timeout: float) -> Outcome:
-        while not call.poll():
-            if time.monotonic() > deadline:
-                return call.cancel(Failure.TIMEOUT, _timed_out(timeout).error)
-            if self._stopped.is_set():
-                return call.cancel(Failure.CANCELLED, "the gateway is shutting down")
-        return call.finish()
 
     def _disarm_when_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.ticker.disarm_if_idle():
@@ -123,9 +115,7 @@ class Executor:
 
 
 def _timed_out(timeout: float) -> Outcome:
-    return Outcome(
-        b"", b"", failure=Failure.TIMEOUT, error=f"ran longer than its limit of {timeout:g} s"
-    )
+    return Outcome(b"", b"", failure=Failure.TIMEOUT, error=timeout_message(timeout))
 
 
 def _resolve(future: asyncio.Future, outcome: Outcome) -> None:

@@ -189,7 +189,7 @@ def test_a_routes_export_that_never_returns_is_stopped(tmp_path):
     )
     status, lines = check(tmp_path / "modules.toml")
     assert status == 1
-    assert lines[0].endswith("`_routes` failed: ran longer than 0.3 s")
+    assert lines[0].endswith("`_routes` failed: ran longer than its limit of 0.3 s")
 
 
 def test_a_schema_error_is_one_line_with_its_line_number(tmp_path):
