@@ -60,13 +60,16 @@ def serve(settings: Settings) -> None:
     if settings.workers <= 1:
         _serve_in_process(settings)
         return
-    manifest, digests = _load_once(settings)
+    # The supervisor loads the whole app once before any worker starts: every error
+    # shows here, and every module lands in the compiled cache, so no worker compiles.
+    engine = Engine(settings.cache_dir, settings.engine)
+    manifest, digests = _load_and_close(settings, engine)
     _announce(settings, manifest)
     _share_metrics_between_workers()
     sockets = listening_sockets(hypercorn_config(settings))
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
     if settings.watch:
-        _watch_for_workers(settings, supervisor, digests)
+        _watch_for_workers(settings, engine, supervisor, digests)
     supervisor.run()
     if supervisor.failed:
         raise LoadError("the workers could not start; see the log above")
@@ -139,12 +142,10 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
         raise gateway.load_error
 
 
-def _load_once(settings: Settings) -> tuple[Manifest, set[str]]:
-    """Load the whole app once before the workers start: every error shows here, and
-    every module lands in the compiled cache, so no worker compiles. Returns the
-    manifest and the digests of its modules."""
+def _load_and_close(settings: Settings, engine: Engine) -> tuple[Manifest, set[str]]:
+    """Load the whole app (compiling into the cache what is not there) and close it again;
+    returns the manifest and the digests of its modules."""
     manifest = load_manifest(settings.manifest)
-    engine = Engine(settings.cache_dir, settings.engine)
     app = load_app(manifest, settings, engine)
     app.close()
     return manifest, set(app.modules())
@@ -160,24 +161,20 @@ def _share_metrics_between_workers() -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
-def _watch_for_workers(settings: Settings, supervisor: Supervisor, running: set[str]) -> None:
+def _watch_for_workers(
+    settings: Settings, engine: Engine, supervisor: Supervisor, running: set[str]
+) -> None:
     """With several workers, changes are checked once, here: rebuild, load the new version
     (which fills the compiled cache), and only if it is good tell the workers to reload."""
     from .reload import Reloader  # watchfiles is only needed to watch
 
-    engine = Engine(settings.cache_dir, settings.engine)
     digests = set(running)
-
-    def validate() -> set[str]:
-        app = load_app(load_manifest(settings.manifest), settings, engine)
-        loaded_digests = set(app.modules())
-        app.close()
-        return loaded_digests
 
     async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
         try:
+            _, loaded_digests = await asyncio.to_thread(_load_and_close, settings, engine)
             digests.clear()
-            digests.update(await asyncio.to_thread(validate))
+            digests.update(loaded_digests)
         except (ConfigError, ManifestError, LoadError) as error:
             log.error("reload failed (%s): %s; the workers keep the running version", reason, error)
             return False
