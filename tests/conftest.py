@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gateway.build import build_component, is_up_to_date
+from gateway.engine import Engine
 from gateway.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +155,42 @@ def serve(tmp_path: Path) -> Iterator:
         server.stop()
 
 
+def get(server: Server, path: str, **kwargs) -> httpx.Response:
+    """GET `path` from a running server, on a fresh connection."""
+    return httpx.get(server.url + path, timeout=10, **kwargs)
+
+
+def wait_until(condition: Callable[[], object], message: str, timeout: float = 30) -> None:
+    """Poll `condition` until it holds; fail the test with `message` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout} s: {message}")
+        time.sleep(0.05)
+
+
+def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 20) -> str:
+    """Wait until `text` appears `count` times in the server's log; the log."""
+    deadline = time.monotonic() + timeout
+    while (log := server.log()).count(text) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout} s, {text!r} x{count} not in the log:\n{log}")
+        time.sleep(0.05)
+    return log
+
+
+def env_section(text: str) -> dict[str, str]:
+    """The `## env` part of what the env app (apps/env) prints, as a dict."""
+    block = text.split("## env\n", 1)[1].split("## stdin\n", 1)[0]
+    return dict(line.split("=", 1) for line in block.splitlines())
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    """A wasm engine with its compiled cache in the test's temporary folder."""
+    return Engine(tmp_path / "cache")
+
+
 def run_wagi(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run a `wagi` command to completion, capturing its output."""
     return subprocess.run(
@@ -195,6 +232,10 @@ def cgi_guest(
     (call $write (i32.const 2) (i32.const {err_at}) (i32.const {len(stderr)}))
     {ending}))
 """
+
+
+# A guest that runs until it is stopped: pure wasm, no WASI calls.
+SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 
 
 def sleeper(seconds: float, says: bytes = b"slept") -> str:

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, env_section
 from gateway.testing import cgi_environment, run_module
 
 
 @pytest.fixture
 def wagi_manifest(example_apps: Path) -> Path:
     return example_apps
-
-
-def env_section(text: str) -> dict[str, str]:
-    """The `## env` part of what the env app prints, as a dict."""
-    block = text.split("## env\n", 1)[1].split("## stdin\n", 1)[0]
-    return dict(line.split("=", 1) for line in block.splitlines())
 
 
 def test_hello_says_hello(wagi_client):

@@ -8,11 +8,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conftest import ROOT
 from gateway.cli import _parser, settings_from_args
 from gateway.config import Settings
 from gateway.manifest import load_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 

@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cgi_guest
+from conftest import ROOT, cgi_guest
 from gateway.engine import Engine, Invocation, LoadError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return Engine(tmp_path / "cache")
 
 
 def program(engine: Engine, tmp_path: Path, wat: str, name: str = "guest.wat"):
@@ -142,5 +135,5 @@ def test_mounts_are_read_only(engine, tmp_path):
     folder = tmp_path / "mounted"
     folder.mkdir()
     outcome = run(program(engine, tmp_path, wat), mounts=[(str(folder), "/data")])
-    assert outcome.exit_code != 0  # a WASI errno, not success
+    assert outcome.exit_code == 63  # WASI errno `perm`: the mount is read-only
     assert not (folder / "new.txt").exists()

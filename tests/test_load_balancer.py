@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server, cgi_guest, free_port, sleeper
+from conftest import Server, cgi_guest, env_section, free_port, sleeper, wait_until
 
 # scripts/test installs Debian's nginx; without it this test fails rather than skips.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -157,13 +156,6 @@ def answers(url: str) -> bool:
         return False
 
 
-def wait_until(condition, message: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
 def workers_of(server: Server) -> list[int]:
     """Process ids of a gateway's worker processes (its spawned children)."""
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
@@ -222,11 +214,7 @@ def test_the_guest_sees_the_client_request_not_the_balancer(gateways, balancer, 
     url = balancer(first.port, second.port)
     response = httpx.get(f"{url}/env/where?x=1", headers={"Host": "shop.example:8443"})
     assert response.status_code == 200
-    env = dict(
-        line.split("=", 1)
-        for line in response.text.split("## env\n")[1].splitlines()
-        if "=" in line
-    )
+    env = env_section(response.text)
     assert env["SERVER_NAME"] == "shop.example"
     assert env["X_FULL_URL"] == "http://shop.example:8443/env/where?x=1"
     assert env["REMOTE_ADDR"] == "127.0.0.1"

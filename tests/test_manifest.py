@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from gateway.manifest import DEFAULT_ARGV, ManifestError, Mount, load_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
 HELLO = '(module (func (export "_start")))'
 
 

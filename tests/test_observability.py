@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from types import SimpleNamespace
 
 import httpx
 
-from conftest import cgi_guest
+from conftest import SPIN, cgi_guest, wait_for_log
+from gateway.metrics import Metrics
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -27,7 +29,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def app(tmp_path):
     (tmp_path / "hi.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nhi\n", b"a note\n"))
-    (tmp_path / "spin.wat").write_text('(module (func (export "_start") (loop $l (br $l))))')
+    (tmp_path / "spin.wat").write_text(SPIN)
     (tmp_path / "modules.toml").write_text(
         '[[module]]\nroute = "/hi"\nmodule = "hi.wat"\npool_size = 2\n\n'
         '[[module]]\nroute = "/spin"\nmodule = "spin.wat"\nrequest_timeout = "200ms"\n'
@@ -63,9 +65,7 @@ def test_metrics_count_requests_latency_guests_pools_cache_and_limits(serve, tmp
 
 def test_metrics_add_up_over_workers(serve, tmp_path):
     server = serve("-c", str(app(tmp_path)), "--workers", "2")
-    deadline = time.monotonic() + 20
-    while server.log().count("wagi: ready") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_log(server, "wagi: ready", count=2)  # /readyz answers once the first is ready
     for _ in range(40):  # fresh connections, spread over both workers
         assert httpx.get(f"{server.url}/hi", timeout=10).status_code == 200
     assert len(set(re.findall(r"\[(worker \d)\] wagi\.access", server.log()))) == 2
@@ -109,3 +109,35 @@ def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
         line for line in server.log().splitlines() if "wagi.access" in line and request_id in line
     )
     assert re.search(rf"{request_id} GET /hi 200 3B hi [\d.]+ms \(guest [\d.]+ms\)$", line)
+
+
+class _Pool:
+    def __init__(self, ready: int, hits: int, misses: int) -> None:
+        self.ready, self.counts = ready, (hits, misses)
+
+    def __len__(self) -> int:
+        return self.ready
+
+    def take_counts(self) -> tuple[int, int]:
+        counts, self.counts = self.counts, (0, 0)
+        return counts
+
+
+def _version(**pools: _Pool) -> SimpleNamespace:
+    components = {name: SimpleNamespace(id=name, pool=pool) for name, pool in pools.items()}
+    return SimpleNamespace(components=components)
+
+
+def test_a_reload_counts_the_old_pools_last_takes_and_drops_removed_components():
+    metrics = Metrics()
+    old = _version(kept=_Pool(2, hits=3, misses=1), removed=_Pool(1, hits=2, misses=0))
+    metrics.sync_pools(old)
+    old.components["kept"].pool.counts = (4, 0)  # taken after the last scrape
+    new = _version(kept=_Pool(2, hits=1, misses=0))
+    metrics.retired(old, new)
+    metrics.sync_pools(new)
+    text = metrics.render().decode()
+    assert metric(text, "wagi_pool_takes_total", component="kept", result="hit") == 3 + 4 + 1
+    assert metric(text, "wagi_pool_takes_total", component="removed", result="hit") == 2
+    assert metric(text, "wagi_pool_ready_instances", component="kept") == 2
+    assert 'wagi_pool_ready_instances{component="removed"}' not in text

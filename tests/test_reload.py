@@ -12,26 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, cgi_guest, run_wagi, spin_toml
+from conftest import ROOT, cgi_guest, get, run_wagi, spin_toml, wait_for_log
 
 
 def says(text: str) -> str:
     return cgi_guest(f"Content-Type: text/plain\n\n{text}".encode())
-
-
-def wait_for(server, text: str, count: int = 1, timeout: float = 20) -> str:
-    """Wait until `text` appears `count` times in the server's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = server.log()
-        if log.count(text) >= count:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} x{count} not in the log:\n{server.log()}")
-
-
-def get(server, path: str) -> httpx.Response:
-    return httpx.get(server.url + path, timeout=10)
 
 
 def write(path: Path, text: str) -> None:
@@ -53,7 +38,7 @@ def test_editing_a_module_reloads_it_alone(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch")
     assert get(server, "/one").text == "one v1"
     write(app / "one.wat", says("one v2"))
-    log = wait_for(server, "reloaded to version 2")
+    log = wait_for_log(server, "reloaded to version 2")
     assert get(server, "/one").text == "one v2"
     assert get(server, "/two").text == "two v1"
     line = next(line for line in log.splitlines() if "reloaded to version 2" in line)
@@ -65,15 +50,15 @@ def test_adding_removing_and_rerouting_components(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch")
     (app / "three.wat").write_text(says("three"))
     write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/three": "three"}))
-    wait_for(server, "reloaded to version 2")
+    wait_for_log(server, "reloaded to version 2")
     assert get(server, "/three").text == "three"
 
     write(app / "spin.toml", spin_toml({"/one": "one", "/three": "three"}))
-    wait_for(server, "reloaded to version 3")
+    wait_for_log(server, "reloaded to version 3")
     assert get(server, "/two").status_code == 404
 
     write(app / "spin.toml", spin_toml({"/uno": "one", "/three": "three"}))
-    wait_for(server, "reloaded to version 4")
+    wait_for_log(server, "reloaded to version 4")
     assert get(server, "/one").status_code == 404
     assert get(server, "/uno").text == "one v1"
     info = get(server, "/.well-known/wagi/info").json()
@@ -85,7 +70,7 @@ def test_adding_removing_and_rerouting_components(serve, app):
 def test_a_broken_manifest_keeps_the_old_version_until_it_is_fixed(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch")
     write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two"}) + "sorce = 'x'\n")
-    log = wait_for(server, "reload failed")
+    log = wait_for_log(server, "reload failed")
     line = next(line for line in log.splitlines() if "reload failed" in line)
     assert "spin.toml:" in line and "unknown key" in line
     assert "version 1 is still live" in line
@@ -93,7 +78,7 @@ def test_a_broken_manifest_keeps_the_old_version_until_it_is_fixed(serve, app):
     assert get(server, "/.well-known/wagi/info").json()["version"] == 1
 
     write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/1": "one"}))
-    wait_for(server, "reloaded to version 2")
+    wait_for_log(server, "reloaded to version 2")
     assert get(server, "/1").text == "one v1"
 
 
@@ -109,11 +94,11 @@ def test_a_broken_module_keeps_the_old_version(serve, app, damage):
     else:
         write(app / "one.wat", '(module (import "env" "magic" (func)))')
         expected = "imports env::magic"
-    log = wait_for(server, "reload failed")
+    log = wait_for_log(server, "reload failed")
     assert expected in log
     assert get(server, "/one").text == "one v1"
     write(app / "one.wat", says("one v3"))
-    wait_for(server, "reloaded to version 2")
+    wait_for_log(server, "reloaded to version 2")
     assert get(server, "/one").text == "one v3"
 
 
@@ -123,7 +108,7 @@ def test_changes_that_come_together_make_one_reload(serve, app):
         write(app / "one.wat", says(f"one v{n}"))
         write(app / "two.wat", says(f"two v{n}"))
         time.sleep(0.02)
-    wait_for(server, "reloaded to version 2")
+    wait_for_log(server, "reloaded to version 2")
     time.sleep(1)
     assert "reloaded to version 3" not in server.log()
     assert (get(server, "/one").text, get(server, "/two").text) == ("one v4", "two v4")
@@ -154,18 +139,18 @@ def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
     assert get(server, "/greet").text == "hello v1"
 
     write(app / "greeting.txt", "hello v2")
-    log = wait_for(server, "reloaded to version 2")
+    log = wait_for_log(server, "reloaded to version 2")
     assert get(server, "/greet").text == "hello v2"
     assert "rebuilt greet" in log
 
     write(app / "greeting.txt", "please break")
-    log = wait_for(server, "rebuilding greet failed")
+    log = wait_for_log(server, "rebuilding greet failed")
     assert "cannot build: please break" in log  # the build's own output is shown
     assert "the running version stays live" in log
     assert get(server, "/greet").text == "hello v2"
 
     write(app / "greeting.txt", "hello v3")
-    wait_for(server, "reloaded to version 3")
+    wait_for_log(server, "reloaded to version 3")
     assert get(server, "/greet").text == "hello v3"
     time.sleep(0.5)  # the module the build wrote needs no second reload
     assert "reloaded to version 4" not in server.log()
@@ -190,7 +175,7 @@ def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
     server = serve("-c", str(app / "spin.toml"), "--watch")
     assert get(server, "/hi").text == "C v1"
     write(app / "hi.c", (app / "hi.c").read_text().replace("C v1", "C v2"))
-    wait_for(server, "reloaded to version 2", timeout=120)
+    wait_for_log(server, "reloaded to version 2", timeout=120)
     assert get(server, "/hi").text == "C v2"
 
 
@@ -198,7 +183,7 @@ def test_sighup_reloads_without_watching(serve, app):
     server = serve("-c", str(app / "spin.toml"))
     (app / "one.wat").write_text(says("one after hup"))
     server.process.send_signal(signal.SIGHUP)
-    wait_for(server, "reloaded to version 2 in")
+    wait_for_log(server, "reloaded to version 2 in")
     assert "(SIGHUP)" in server.log()
     assert get(server, "/one").text == "one after hup"
 
@@ -215,15 +200,15 @@ def test_env_file_changes_reload(serve, app, example_apps):
     server = serve("-c", str(app / "spin.toml"), "--watch", "--env-file", str(app / "vars.env"))
     assert "MOOD=calm\n" in get(server, "/env").text
     write(app / "vars.env", "MOOD=excited\n")
-    wait_for(server, "reloaded to version 2")
+    wait_for_log(server, "reloaded to version 2")
     assert "MOOD=excited\n" in get(server, "/env").text
 
 
 def test_workers_reload_together(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", "2")
-    wait_for(server, "wagi: ready", count=2)
+    wait_for_log(server, "wagi: ready", count=2)
     write(app / "one.wat", says("one v2"))
-    wait_for(server, "reloaded to version 2", count=2)  # both workers
+    wait_for_log(server, "reloaded to version 2", count=2)  # both workers
     assert "telling the workers to reload" in server.log()
     assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
 
@@ -252,7 +237,7 @@ def test_no_request_fails_while_the_app_reloads_again_and_again(serve, app):
     reloads = 12
     for n in range(reloads):
         write(app / "one.wat", says("one version B" if n % 2 == 0 else "one version A"))
-        wait_for(server, f"reloaded to version {n + 2}")
+        wait_for_log(server, f"reloaded to version {n + 2}")
     stop.set()
     for client in clients:
         client.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import textwrap
 import time
@@ -10,14 +11,12 @@ import time
 import httpx
 import pytest
 
-from conftest import cgi_guest
+from conftest import ROOT, Server, cgi_guest
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, c_guest):
     """The env dumper at /env/..., a stderr-writing guest, and the file-probing guest."""
-    from conftest import ROOT, Server
-
     folder = tmp_path_factory.mktemp("requests")
     (folder / "env.wasm").write_bytes((ROOT / "apps/env/env.wasm").read_bytes())
     (folder / "files.wasm").write_bytes(c_guest("files").read_bytes())
@@ -161,15 +160,22 @@ def test_an_encoded_slash_stays_inside_its_segment(target):
     assert "X_RAW_PATH_INFO=/a%2Fb\n" in response.text
 
 
-@pytest.mark.parametrize("query", [
-    "read=/secret.txt", "read=/public/../secret.txt", "read=/public/../../secret.txt",
-    "read=/etc/passwd", "read=../secret.txt", "list=/", "list=/public/..",
+@pytest.mark.parametrize("path", [
+    "/secret.txt", "/public/../secret.txt", "/public/../../secret.txt", "/etc/passwd",
+    "../secret.txt",
 ])  # fmt: skip
-def test_a_guest_cannot_read_outside_its_mounts(target, query):
-    text = httpx.get(f"{target.url}/files?{query}", timeout=10).text
-    assert text.startswith("error:") or "secret" not in text, text
-    assert "invisible" not in text
-    assert "root:" not in text
+def test_a_guest_cannot_read_outside_its_mounts(target, path):
+    response = httpx.get(f"{target.url}/files?read={path}", timeout=10)
+    # The guest ran normally and reported that the file was not there for it.
+    assert response.status_code == 200
+    assert response.text.startswith(f"error: read {path}: "), response.text
+    assert response.text.count("\n") == 1, response.text  # the error line, no contents
+
+
+@pytest.mark.parametrize("folder", ["/", "/public/.."])
+def test_a_guest_sees_only_its_mounts(target, folder):
+    response = httpx.get(f"{target.url}/files?list={folder}", timeout=10)
+    assert (response.status_code, response.text) == (200, "public\n")
 
 
 def test_inside_its_mounts_the_guest_reads_normally(target):
@@ -179,8 +185,8 @@ def test_inside_its_mounts_the_guest_reads_normally(target):
 def test_every_answer_carries_the_request_id(target):
     for path in ("/env", "/nowhere", "/files?read=/x"):
         response = httpx.get(f"{target.url}{path}", timeout=10)
-        assert len(response.headers["x-request-id"]) == 16
+        assert re.fullmatch("[0-9a-f]{16}", response.headers["x-request-id"])
     given = httpx.get(f"{target.url}/nowhere", headers={"X-Request-Id": "lb-1234"}, timeout=10)
     assert given.headers["x-request-id"] == "lb-1234"
     forged = httpx.get(f"{target.url}/nowhere", headers={"X-Request-Id": "bad id\x7f"}, timeout=10)
-    assert forged.headers["x-request-id"] != "bad id\x7f"
+    assert re.fullmatch("[0-9a-f]{16}", forged.headers["x-request-id"])  # a fresh one instead

@@ -13,18 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import ROOT, cgi_guest, run_wagi, spin_toml, wat_string
-
-
-def get(server, path: str, **kwargs) -> httpx.Response:
-    return httpx.get(server.url + path, timeout=10, **kwargs)
-
-
-def env_lines(response: httpx.Response) -> dict[str, str]:
-    """The `## env` section of the env app's output, as a dict."""
-    section = response.text.split("## env\n")[1].split("## stdin\n")[0]
-    return dict(line.split("=", 1) for line in section.splitlines())
-
+from conftest import ROOT, cgi_guest, env_section, get, run_wagi, spin_toml, wat_string
 
 # ------------------------------------------------------------------- the example app
 
@@ -56,7 +45,7 @@ def test_env_shows_argv_environment_and_body(example):
     )
     assert response.status_code == 200
     assert "argv[0]=/env/foo/bar\nargv[1]=greet=matt\nargv[2]=x=1\n" in response.text
-    env = env_lines(response)
+    env = env_section(response.text)
     assert env["SCRIPT_NAME"] == "/env"
     assert env["PATH_INFO"] == "/foo/bar"
     assert env["QUERY_STRING"] == "greet=matt&x=1"
@@ -74,7 +63,7 @@ def test_env_shows_argv_environment_and_body(example):
 def test_env_without_query_has_a_single_argument(example):
     response = get(example, "/env")
     assert "argv[0]=/env\n## env" in response.text
-    assert env_lines(response)["PATH_INFO"] == ""
+    assert env_section(response.text)["PATH_INFO"] == ""
 
 
 def test_guestbook_form_cookies_redirect_and_static_file(example):
@@ -161,14 +150,6 @@ def test_a_restart_loads_modules_from_the_compiled_cache(serve, example_apps, tm
 
 
 # ------------------------------------------------------------------- apps of our own
-
-
-def write_app(folder: Path, manifest: str, guests: dict[str, str]) -> Path:
-    for name, wat in guests.items():
-        (folder / name).write_text(wat)
-    path = folder / "spin.toml"
-    path.write_text(textwrap.dedent(manifest).lstrip())
-    return path
 
 
 def spin_app(folder: Path, routes: dict[str, str], extra: str = "") -> Path:
@@ -294,7 +275,7 @@ def test_environment_precedence_env_file_then_env_then_component_then_cgi(
         "--env",
         "REQUEST_METHOD=PUT",
     )
-    env = env_lines(get(server, "/env"))
+    env = env_section(get(server, "/env").text)
     assert (env["FROM_FILE"], env["BOTH"], env["QUOTED"]) == ("file", "flag", "q v")
     assert env["GREETING"] == "hello"  # the component's own value wins over global ones
     assert env["REQUEST_METHOD"] == "GET"  # CGI variables can never be overridden

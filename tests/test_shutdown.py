@@ -127,8 +127,11 @@ def test_readiness_follows_loading_and_draining(tmp_path):
         await asgi.start()
         seen = [(await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))]
         release.set()
+        deadline = time.monotonic() + 10
         while gateway.loaded is None:
             assert gateway.load_error is None, gateway.load_error
+            if time.monotonic() > deadline:
+                pytest.fail("the app did not finish loading within 10 s")
             await asyncio.sleep(0.01)
         seen.append(
             (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))

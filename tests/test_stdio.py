@@ -11,11 +11,6 @@ import pytest
 from gateway.engine import Engine, Invocation
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return Engine(tmp_path / "cache")
-
-
 def run_wat(engine: Engine, tmp_path: Path, wat: str, **start):
     path = tmp_path / "guest.wat"
     path.write_text(wat)
