@@ -128,6 +128,12 @@ class Server:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def problems(self) -> list[str]:
+        """The warnings and errors the server has logged so far."""
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").splitlines()
+        return [line for line in lines if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line)]
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -146,6 +152,7 @@ class Load:
     p99_ms: float
     requests: int
     errors: int
+    error_kinds: str = ""  # as wrk reports them: "read 3, non-2xx 2"
 
 
 def wrk(url: str, duration: float, connections: int) -> Load:
@@ -155,10 +162,12 @@ def wrk(url: str, duration: float, connections: int) -> Load:
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     requests = int(re.search(r"(\d+) requests in", output).group(1))
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    kinds = {kind: int(n) for kind, n in re.findall(r"(connect|read|write|timeout) (\d+)", output)}
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors += int(non_2xx.group(1)) if non_2xx else 0
-    return Load(rps, _percentile(output, "50%"), _percentile(output, "99%"), requests, errors)
+    kinds["non-2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    error_kinds = ", ".join(f"{kind} {n}" for kind, n in kinds.items() if n)
+    p50, p99 = _percentile(output, "50%"), _percentile(output, "99%")
+    return Load(rps, p50, p99, requests, sum(kinds.values()), error_kinds)
 
 
 def _percentile(output: str, which: str) -> float:
@@ -175,6 +184,8 @@ class Throughput:
     """Every round's load per target; ratios are taken round by round."""
 
     runs: dict[str, list[Load]] = field(default_factory=dict)
+    # What the gateways logged at warning level or above, by server.
+    problems: dict[str, list[str]] = field(default_factory=dict)
 
     def median(self, target: str, attribute: str) -> float:
         return statistics.median(getattr(run, attribute) for run in self.runs[target])
@@ -214,7 +225,9 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
                 result.runs[name].append(load)
                 print(f"  round {round_number + 1} {name:16} {load.requests_per_second:8.0f} "
                       f"req/s  p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
-                      f"errors {load.errors}", flush=True)  # fmt: skip
+                      f"errors {load.errors} {load.error_kinds}", flush=True)  # fmt: skip
+        result.problems = {servers[key].name: servers[key].problems()
+                           for key in servers if key.startswith("A")}  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()
@@ -357,6 +370,16 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         rps = result.median(target, "requests_per_second")
         p50, p99 = result.median(target, "p50_ms"), result.median(target, "p99_ms")
         lines.append(f"| {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    failed = {target: [run.error_kinds for run in runs if run.errors]
+              for target, runs in result.runs.items()}  # fmt: skip
+    for target, kinds in failed.items():
+        if kinds:
+            lines.append(f"\nErrors, {target} (as wrk counts them, per round): {'; '.join(kinds)}")
+    for server, problems in result.problems.items():
+        if not problems:
+            continue
+        lines += ["", f"The {server} logged {len(problems)} warnings or errors:"]
+        lines += [f"    {line}" for line in problems[:10]]
     lines += [
         "",
         "Ratios: the median over rounds of the ratio within each round.",

@@ -225,7 +225,8 @@ def _prepare(
             hint = f" (its max_memory is {human_size(limits.max_memory)}: raise it)"
         raise LoadError(f"component `{component.id}`: {error}{hint}", component.origin) from None
     log.info("component %s: %d instances ready", component.id, pool_size)
-    admission = Admission(limits.max_concurrency, limits.max_concurrency, Limits.QUEUE_TIMEOUT)
+    capacity = limits.max_concurrency
+    admission = Admission(capacity, capacity * Limits.QUEUE_PER_SLOT, Limits.QUEUE_TIMEOUT)
     staged = StagedFiles(component) if component.files else None
     env = dict(environment)
     env.update(component.environment)

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SPIN, Server, cgi_guest, run_wagi, spin_toml
+from conftest import SPIN, Server, cgi_guest, run_wagi, sleeper, spin_toml
+from gateway.config import Limits
 
 WRITE = (
     '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
@@ -162,20 +163,40 @@ def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp
         'request_timeout = 3\n\n[[module]]\nroute = "/hello"\nmodule = "hello.wat"\n'
     )
     server = serve("-c", str(tmp_path / "modules.toml"))
-    with concurrent.futures.ThreadPoolExecutor(3) as threads:
+    queue_size = Limits.QUEUE_PER_SLOT  # per slot, and this component has one
+    with concurrent.futures.ThreadPoolExecutor(1 + queue_size) as threads:
         first = threads.submit(httpx.get, f"{server.url}/slow", timeout=30)
         time.sleep(0.3)  # let the first one take the only slot
-        queued = threads.submit(timed, httpx.get, f"{server.url}/slow", timeout=30)
-        time.sleep(0.1)  # and the second one the only place in the queue
+        queued = [
+            threads.submit(timed, httpx.get, f"{server.url}/slow", timeout=30)
+            for _ in range(queue_size)
+        ]
+        time.sleep(0.3)  # and the others every place in the queue
         refused = httpx.get(f"{server.url}/slow", timeout=30)
         assert refused.status_code == 503  # the queue is full: at once
         assert refused.headers["retry-after"] == "1"
         assert httpx.get(f"{server.url}/hello", timeout=5).text == "hello\n"
-        queued_response, queued_took = queued.result()
-        assert queued_response.status_code == 503  # refused after waiting in the queue:
-        assert queued_took >= 0.9, queued_took  # its 1 s queue timeout, not at once
+        for waiter in queued:
+            queued_response, queued_took = waiter.result()
+            assert queued_response.status_code == 503  # refused after waiting in the queue:
+            assert queued_took >= 0.9, queued_took  # its 1 s queue timeout, not at once
         assert first.result().status_code == 504
     assert "too many requests for sleeper" in server.log()
+
+
+def test_a_burst_of_quick_requests_queues_rather_than_being_refused(serve, tmp_path):
+    (tmp_path / "nap.wat").write_text(sleeper(0.05, b"rested"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nmax_concurrency = 2\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    burst = 24  # 2 run, 22 wait: each waits at most 11 naps of 50 ms, well within 1 s
+    with concurrent.futures.ThreadPoolExecutor(burst) as threads:
+        answers = list(
+            threads.map(lambda _: httpx.get(f"{server.url}/nap", timeout=30), range(burst))
+        )
+    assert [answer.status_code for answer in answers] == [200] * burst
+    assert all(answer.text == "rested" for answer in answers)
 
 
 def test_a_module_whose_memory_cannot_fit_the_limit_is_a_load_error(tmp_path):
