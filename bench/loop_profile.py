@@ -1,6 +1,6 @@
 """Profile a gateway under load: where does the event loop's time go?
 
-    python bench/profile.py [--seconds 8] [--path /hello]
+    python bench/loop_profile.py [--seconds 8] [--path /hello]
 
 Starts `wagi serve` (one worker) on the benchmark's modules, loads it with wrk, and
 samples it with py-spy (`--gil`: only the thread holding the GIL, which is the event loop
