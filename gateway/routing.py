@@ -121,7 +121,7 @@ class Route(Generic[Target]):
     target: Target
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Match(Generic[Target]):
     """A request path matched to a route, split the CGI way."""
 
@@ -171,7 +171,8 @@ class RouteTable(Generic[Target]):
     """All routes of an app, ordered for matching."""
 
     def __init__(self, routes: list[Route[Target]]) -> None:
-        self._exact: dict[tuple[str, ...], Route[Target]] = {}
+        # An exact route always matches the same way: its Match is made once, here.
+        self._exact: dict[tuple[str, ...], Match[Target]] = {}
         self._ordered: list[Route[Target]] = []
         shapes: dict[tuple, Route[Target]] = {}
         for route in routes:
@@ -180,7 +181,8 @@ class RouteTable(Generic[Target]):
                 raise RouteClash(existing, route)
             pattern = route.pattern
             if not pattern.wildcard and not pattern.has_params:
-                self._exact[pattern.segments] = route
+                script_name = "/".join(("", *pattern.segments))
+                self._exact[pattern.segments] = Match(route, script_name, "", "")
             else:
                 self._ordered.append(route)
         self._ordered.sort(key=lambda r: r.pattern.rank())
@@ -188,9 +190,9 @@ class RouteTable(Generic[Target]):
 
     def match(self, path: RequestPath) -> Match[Target] | None:
         """Find the route for a request path, or None (a 404)."""
-        route = self._exact.get(path.segments)
-        if route is not None:
-            return Match(route, "/".join(("", *path.segments)), "", "")
+        exact = self._exact.get(path.segments)
+        if exact is not None:
+            return exact
         for route in self._ordered:
             found = _match(route, path)
             if found is not None:
