@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
-from .manifest import Component, Manifest
+from .manifest import Build, Component, Manifest
 
 
 class BuildError(Exception):
@@ -92,6 +94,49 @@ def build_component(
     seconds = time.perf_counter() - started
     echo(f"Finished building {component.id} in {seconds:.1f}s")
     return BuildResult(component.id, seconds)
+
+
+def watches(build: Build, path: Path) -> bool:
+    """Whether a `build.watch` pattern matches `path`, the way `Path.glob` would find it:
+    `**` is any number of folders (none included), `*` and `?` stay within one name."""
+    try:
+        relative = path.resolve().relative_to(build.workdir.resolve()).as_posix()
+    except ValueError:
+        return False
+    return any(_glob_regex(pattern).fullmatch(relative) for pattern in build.watch)
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    names = [name for name in pattern.split("/") if name not in ("", ".")]
+    parts = []
+    for index, name in enumerate(names):
+        last = index == len(names) - 1
+        if name == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            parts.append(_name_regex(name) + ("" if last else "/"))
+    return re.compile("".join(parts))
+
+
+def _name_regex(name: str) -> str:
+    regex, index = "", 0
+    while index < len(name):
+        char = name[index]
+        index += 1
+        if char == "*":
+            regex += "[^/]*"
+        elif char == "?":
+            regex += "[^/]"
+        elif char == "[" and "]" in name[index + 1 :]:
+            end = name.index("]", index + 1)
+            body = name[index:end]
+            body = body.replace("\\", "\\\\")
+            regex += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+            index = end + 1
+        else:
+            regex += re.escape(char)
+    return regex
 
 
 def is_up_to_date(component: Component) -> bool:

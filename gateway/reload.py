@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 import anyio
 import watchfiles
 
-from .build import BuildError, build_component
+from .build import BuildError, build_component, watches
 from .config import Settings
 from .manifest import Component, Manifest, ManifestError, load_manifest
 
@@ -74,14 +73,8 @@ class Watched:
             build = component.build
             if build is None or not build.watch:
                 continue
-            for path in paths:
-                try:
-                    relative = path.resolve().relative_to(build.workdir).as_posix()
-                except ValueError:
-                    continue
-                if any(fnmatch.fnmatch(relative, pattern) for pattern in build.watch):
-                    chosen.append(component)
-                    break
+            if any(watches(build, path) for path in paths):
+                chosen.append(component)
         return chosen
 
     def sources(self) -> set[Path]:

@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from conftest import ROOT, cgi_guest, get, run_wagi, spin_toml, wait_for_log
+from gateway.build import watches
+from gateway.manifest import Build
 
 
 def says(text: str) -> str:
@@ -177,6 +179,26 @@ def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
     write(app / "hi.c", (app / "hi.c").read_text().replace("C v1", "C v2"))
     wait_for_log(server, "reloaded to version 2", timeout=120)
     assert get(server, "/hi").text == "C v2"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "watched"),
+    [
+        ("src/**/*.rs", "src/main.rs", True),  # `**` may be no folder at all
+        ("src/**/*.rs", "src/a/b/lib.rs", True),
+        ("src/**/*.rs", "srcs/main.rs", False),
+        ("*.c", "app.c", True),
+        ("*.c", "lib/app.c", False),  # `*` stays within one name
+        ("lib/?.[ch]", "lib/a.h", True),
+        ("lib/?.[!ch]", "lib/a.h", False),
+        ("assets/**", "assets/css/site.css", True),
+        ("greeting.txt", "greeting.txt", True),
+        ("greeting.txt", "../greeting.txt", False),  # outside the workdir
+    ],
+)
+def test_watch_patterns_match_as_glob_finds_files(tmp_path, pattern, path, watched):
+    build = Build(commands=("make",), workdir=tmp_path / "app", watch=(pattern,))
+    assert watches(build, tmp_path / "app" / path) is watched
 
 
 def test_sighup_reloads_without_watching(serve, app):
