@@ -19,6 +19,7 @@ import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from http import HTTPStatus
 from typing import Any
 
 from . import cgi, metrics
@@ -61,16 +62,8 @@ FAILURE_STATUS = {
 }
 # Failures that are a limit at work (counted as limit violations in the metrics).
 LIMIT_FAILURES = frozenset({Failure.TIMEOUT, Failure.MEMORY, Failure.OUTPUT})
-REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+# RFC 9110's wording where Python's `HTTPStatus` still has the older one.
+REASONS = {413: "Content Too Large"}
 
 
 class BodyTooLarge(Exception):
@@ -564,7 +557,8 @@ async def _respond(
     send: Send, request_id: str, status: int, detail: str = "", retry: bool = False
 ) -> int:
     """A short plain-text answer: the status's reason, then the detail if any."""
-    text = REASONS.get(status, "OK") + (f": {detail}" if detail and status != 200 else "")
+    reason = REASONS.get(status) or HTTPStatus(status).phrase
+    text = reason + (f": {detail}" if detail and status != 200 else "")
     body = (detail if status == 200 else text).encode() + b"\n"
     extra = [(b"retry-after", b"1")] if retry else []
     await _send(send, status, body, b"text/plain; charset=utf-8", request_id, extra)

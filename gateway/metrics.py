@@ -110,7 +110,7 @@ class Metrics:
 
     def limit(self, component: str, kind: str) -> None:
         """Count a request stopped by a limit (timeout, memory, output, body, ...)."""
-        self.limit_violations.labels(component, kind).inc()
+        self._child(self.limit_violations, component, kind).inc()
 
     def loaded(self, app: LoadedApp) -> None:
         """Record a newly loaded version: its number and how its modules were obtained."""

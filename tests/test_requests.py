@@ -127,6 +127,8 @@ def test_an_oversize_head_gets_431(target):
     answer = raw_request(target, b"GET /env HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 +
                          b"\r\n\r\n")  # fmt: skip
     assert answer.startswith(b"HTTP/1.1 431 ")
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    assert body == b"Request Header Fields Too Large: more than 16384 bytes\n"
 
 
 def test_an_oversize_url_gets_431(target):
