@@ -15,7 +15,7 @@ from conftest import ROOT, Server, cgi_guest
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory, c_guest):
+def target(tmp_path_factory, c_guest, example_apps):
     """The env dumper at /env/..., a stderr-writing guest, and the file-probing guest."""
     folder = tmp_path_factory.mktemp("requests")
     (folder / "env.wasm").write_bytes((ROOT / "apps/env/env.wasm").read_bytes())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import threading
 import time
@@ -74,7 +75,7 @@ def test_run_module_applies_limits(tmp_path):
         run_module(guest(tmp_path, "s.wat", SPIN), timeout=1)
 
 
-def test_run_module_passes_env_stdin_args_and_mounts(tmp_path, c_guest):
+def test_run_module_passes_env_stdin_args_and_mounts(tmp_path, c_guest, example_apps):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "note.txt").write_text("mounted")
     result = run_module(
@@ -83,7 +84,7 @@ def test_run_module_passes_env_stdin_args_and_mounts(tmp_path, c_guest):
         mounts={"/data": tmp_path / "data"},
     )
     assert result.response.text == "mounted"
-    env_app = ROOT / "apps" / "env" / "env.wasm"
+    env_app = ROOT / "apps" / "env" / "env.wasm"  # built by `example_apps`
     shown = run_module(env_app, env={"A": "1"}, stdin=b"in", args=["prog", "x"]).response.text
     assert "argv[0]=prog\nargv[1]=x\n" in shown and "\nA=1\n" in shown
     assert shown.endswith("## stdin\nin")
@@ -124,7 +125,7 @@ def test_the_client_answers_as_the_gateway_does(tmp_path):
     with wagi_client(manifest, request_timeout="0.3s") as client:
         ok = client.get("/ok")
         assert (ok.status_code, ok.json()) == (200, {"n": 1})
-        assert ok.headers["X-Request-Id"]  # the gateway's own header
+        assert re.fullmatch("[0-9a-f]{16}", ok.headers["X-Request-Id"])  # the gateway's own
         assert client.head("/ok").content == b""
         assert client.get("/bad").status_code == 500
         assert client.get("/spin").status_code == 504
