@@ -33,7 +33,8 @@ import wasmtime
 
 from . import native, stdio
 from .cache import ModuleCache
-from .config import EngineSettings
+from .config import EngineSettings, Limits
+from .ticker import EpochTicker
 
 log = logging.getLogger("wagi.engine")
 
@@ -217,10 +218,6 @@ class Engine:
             raise LoadError(f"{name}: cannot link: {_chain(error)}") from None
         return Program(self, module, instance_pre)
 
-    def tick(self) -> None:
-        """Advance the epoch that guest time slices and deadlines are counted in."""
-        native.wasmtime_engine_increment_epoch(self.address)
-
 
 def _engine_config(settings: EngineSettings) -> wasmtime.Config:
     config = wasmtime.Config()
@@ -265,22 +262,21 @@ class Program:
             return f"export `{name}` is not a function without parameters or results"
         return None
 
-    def run_once(self, entrypoint: str, invocation: Invocation, timeout: float) -> Outcome:
-        """Run `entrypoint` on a fresh instance, on this thread, stopping it after
-        `timeout` seconds (for load time, where no executor runs guests yet)."""
-        call = self.instantiate().start(entrypoint, invocation, first_slice=1, slice_ticks=1)
-        stop_ticking = threading.Event()
-        ticker = threading.Thread(target=self._tick, args=(stop_ticking,), daemon=True)
-        ticker.start()
+    def run_once(self, entrypoint: str, invocation: Invocation, limits: Limits) -> Outcome:
+        """Run `entrypoint` on a fresh instance, on this thread, within `limits` (for load
+        time, where no executor runs guests yet)."""
+        instance = self.instantiate(limits.max_memory)
+        call = instance.start(
+            entrypoint, invocation, first_slice=1, slice_ticks=1,
+            output_limit=limits.max_output_size,
+        )  # fmt: skip
+        ticker = EpochTicker(self.engine.address, self.engine.settings.epoch_tick)
+        ticker.guest_started()
         try:
+            timeout = limits.request_timeout
             return call.run_to_end(time.monotonic() + timeout, timeout)
         finally:
-            stop_ticking.set()
-            ticker.join()
-
-    def _tick(self, stop: threading.Event) -> None:
-        while not stop.wait(0.001):
-            self.engine.tick()
+            ticker.close()
 
     def instantiate(self, memory_limit: int = -1) -> Instance:
         """A fresh store and instance; WASI is attached later, per request.

@@ -327,7 +327,7 @@ def _declared_routes(parent: Handler) -> list[Handler]:
         outcome = component.program.run_once(
             "_routes",
             Invocation(argv=[component.source.name], env={}),
-            component.limits.request_timeout,
+            component.limits,
         )
     except LoadError as error:
         raise LoadError(f"{name}: {error}", parent.origin) from None

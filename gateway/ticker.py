@@ -124,6 +124,7 @@ class EpochTicker:
             if self._closed:
                 return
             self._closed = True
+            atexit.unregister(self.close)
             if self._timer is not None:
                 _libc.timer_delete(self._timer)
             self._ticking.set()

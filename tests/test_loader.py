@@ -65,6 +65,16 @@ def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, 
     assert message in str(caught.value)
 
 
+def test_routes_is_held_to_the_components_output_limit(tmp_path):
+    printed = b"/a a\n" * 8  # 40 bytes
+    with pytest.raises(LoadError, match="wrote more than its limit of 16 bytes"):
+        load(
+            tmp_path,
+            '[[module]]\nroute = "/app/..."\nmodule = "m.wat"\nmax_output_size = 16\n',
+            {"m.wat": routes_guest(printed)},
+        )
+
+
 def test_routes_is_not_called_for_spin_manifests(tmp_path):
     manifest = spin_toml({"/app/...": "m"})
     app = load(tmp_path, manifest, {"m.wat": routes_guest(b"/a a\n")}, "spin.toml")
