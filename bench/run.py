@@ -362,14 +362,16 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         "",
         "Medians over rounds.",
         "",
-        "| target | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|",
+        "| target | req/s | req/s, lowest-highest round | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
     ]
-    for target in result.runs:
-        errors = sum(run.errors for run in result.runs[target])
+    for target, runs in result.runs.items():
+        errors = sum(run.errors for run in runs)
         rps = result.median(target, "requests_per_second")
+        rounds = sorted(run.requests_per_second for run in runs)
+        spread = f"{rounds[0]:.0f}-{rounds[-1]:.0f}"
         p50, p99 = result.median(target, "p50_ms"), result.median(target, "p99_ms")
-        lines.append(f"| {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+        lines.append(f"| {target} | {rps:.0f} | {spread} | {p50:.2f} | {p99:.2f} | {errors} |")
     failed = {target: [run.error_kinds for run in runs if run.errors]
               for target, runs in result.runs.items()}  # fmt: skip
     for target, kinds in failed.items():

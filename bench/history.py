@@ -1,0 +1,54 @@
+"""The range of each headline figure over every kept benchmark run.
+
+    python bench/history.py
+
+Reads bench/results.md (the latest run of bench/run.py) and the earlier runs kept in
+bench/history/, and prints, per figure, the lowest and highest value and from how many
+runs. Keep a run by copying its results.md into bench/history/ before the next one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RUNS = [*sorted((BENCH / "history").glob("*.md")), BENCH / "results.md"]
+
+
+def figures(text: str) -> dict[str, float]:
+    """The headline figures of one results.md."""
+    found: dict[str, float] = {}
+    for target in ("A hello", "B plain", "C cgi", "A env", "A page"):
+        for workers in (1, 2):
+            row = re.search(rf"^\| {target}, {workers}w \| (\d+) \|", text, re.MULTILINE)
+            if row:
+                found[f"{target}, {workers}w, req/s"] = float(row.group(1))
+    for workers in (1, 2):
+        row = re.search(rf"^\| {workers} \| ([\d.]+) \| ([\d.]+) \|$", text, re.MULTILINE)
+        if row:
+            found[f"A/B, {workers}w"] = float(row.group(1))
+            found[f"A/C, {workers}w"] = float(row.group(2))
+    scaling = re.search(r"hello: ([\d.]+)x \(plain ASGI: ([\d.]+)x\)", text)
+    if scaling:
+        found["2w / 1w, hello"] = float(scaling.group(1))
+        found["2w / 1w, plain ASGI"] = float(scaling.group(2))
+    cold = re.search(r"^\| hello \| (\d+) \| (\d+) \|$", text, re.MULTILINE)
+    if cold:
+        found["cold start, hello, warm cache, ms"] = float(cold.group(2))
+    return found
+
+
+def main() -> None:
+    values: dict[str, list[float]] = {}
+    for run in RUNS:
+        for name, value in figures(run.read_text()).items():
+            values.setdefault(name, []).append(value)
+    print(f"Over {len(RUNS)} runs: {', '.join(run.name for run in RUNS)}\n")
+    print("| figure | lowest | highest | runs |\n|---|---|---|---|")
+    for name, found in values.items():
+        print(f"| {name} | {min(found):g} | {max(found):g} | {len(found)} |")
+
+
+if __name__ == "__main__":
+    main()
