@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,10 +21,10 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import cgi, metrics
-from .config import MAX_HEAD_SIZE, Settings
+from .config import MAX_HEAD_SIZE, Limits, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import Handler, LoadedApp
@@ -205,22 +206,24 @@ class Gateway:
     # ---------------------------------------------------------------- requests
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id, head_size = _request_id_and_head_size(scope)
+        head = RequestHead.read(scope)
+        request_id = head.request_id
         try:
-            if head_size > MAX_HEAD_SIZE:
+            if head.size > MAX_HEAD_SIZE:
                 # hypercorn limits only heads that arrive in pieces; this catches the rest.
                 self.metrics.limit("", "head")
                 await _respond(send, request_id, 431, f"more than {MAX_HEAD_SIZE} bytes")
                 return
-            await self._handle(scope, receive, send, request_id)
+            await self._handle(scope, receive, send, head)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
             with contextlib.suppress(Exception):
                 await _respond(send, request_id, 500)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> None:
         started = time.perf_counter()
+        request_id = head.request_id
         path = scope["path"]
         if path in LIVENESS_PATHS:
             await _respond(send, request_id, 200, "OK")
@@ -243,7 +246,7 @@ class Gateway:
             return
         loaded.requests += 1  # this version stays open until the request is answered
         try:
-            await self._route(scope, receive, send, request_id, loaded, started)
+            await self._route(scope, receive, send, head, loaded, started)
         finally:
             loaded.request_done()
 
@@ -252,10 +255,11 @@ class Gateway:
         scope: Scope,
         receive: Receive,
         send: Send,
-        request_id: str,
+        head: RequestHead,
         loaded: LoadedApp,
         started: float,
     ) -> None:
+        request_id = head.request_id
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"").decode("latin-1")
         try:
@@ -269,7 +273,7 @@ class Gateway:
             return
         handler = match.route.target
         status, sent, guest = await self._serve_route(
-            scope, receive, send, request_id, request_path, match, handler
+            scope, receive, send, head, request_path, match, handler
         )
         self._record(request_id, scope, handler, status, sent, started, guest)
 
@@ -319,12 +323,13 @@ class Gateway:
         scope: Scope,
         receive: Receive,
         send: Send,
-        request_id: str,
+        head: RequestHead,
         request_path: RequestPath,
         match: Match,
         handler: Handler,
     ) -> tuple[int, int, float]:
         """Serve a matched request: (status, body bytes sent, seconds the guest ran)."""
+        request_id = head.request_id
         component = handler.component
         limits = component.limits
         if handler.problem is not None:  # found at load: no guest could run
@@ -336,29 +341,15 @@ class Gateway:
                 handler.problem,
             )
             return await _respond(send, request_id, 500), 0, 0.0
-
-        def refuse(status: int, reason: str, kind: str, retry: bool = False) -> Awaitable[int]:
-            self.metrics.limit(component.id, kind)
-            log.warning(
-                "%s: %d, component %s, route %s: %s",
-                request_id,
-                status,
-                component.id,
-                handler.pattern.text,
-                reason,
-            )
-            return _respond(send, request_id, status, reason, retry=retry)
-
-        too_large = f"the body is larger than {limits.max_body_size} bytes"
-        if _declared_length(scope) > limits.max_body_size:
-            return await refuse(413, too_large, "body"), 0, 0.0
+        refuse = functools.partial(self._refuse, send, request_id, handler)
+        if head.body_length > limits.max_body_size:
+            return await refuse(413, _too_large(limits), "body"), 0, 0.0
         try:
-            async with asyncio.timeout(self.settings.client_timeout):
-                body = await _read_body(receive, limits.max_body_size)
+            body = await self._read_body(receive, head, limits.max_body_size)
         except TimeoutError:
             return await refuse(408, "the body did not arrive in time", "slow_body"), 0, 0.0
         except BodyTooLarge:
-            return await refuse(413, too_large, "body"), 0, 0.0
+            return await refuse(413, _too_large(limits), "body"), 0, 0.0
         if body is None:
             return 499, 0, 0.0  # the client went away
         admission = component.admission
@@ -377,6 +368,36 @@ class Gateway:
         self.metrics.guest(component.id, outcome.seconds)
         status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
         return status, sent, outcome.seconds
+
+    async def _read_body(self, receive: Receive, head: RequestHead, limit: int) -> bytes | None:
+        """The request body within the client timeout, or None if the client went away."""
+        if not head.may_have_body:  # its one empty message is already waiting
+            return await _read_body(receive, limit)
+        async with asyncio.timeout(self.settings.client_timeout):
+            return await _read_body(receive, limit)
+
+    def _refuse(
+        self,
+        send: Send,
+        request_id: str,
+        handler: Handler,
+        status: int,
+        reason: str,
+        kind: str,
+        retry: bool = False,
+    ) -> Awaitable[int]:
+        """Answer a request a limit turned away, and count and log it."""
+        component_id = handler.component.id
+        self.metrics.limit(component_id, kind)
+        log.warning(
+            "%s: %d, component %s, route %s: %s",
+            request_id,
+            status,
+            component_id,
+            handler.pattern.text,
+            reason,
+        )
+        return _respond(send, request_id, status, reason, retry=retry)
 
     def _invocation(
         self, scope: Scope, target: RequestPath, match: Match, handler: Handler, body: bytes
@@ -515,25 +536,42 @@ def _apply_forwarding(request: cgi.Request, forwarded: Forwarded | None) -> None
         request.forwarded_host = forwarded.host
 
 
-def _request_id_and_head_size(scope: Scope) -> tuple[str, int]:
-    """The request's id, and the size of its request line and headers."""
-    request_id = None
-    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-    for name, value in scope["headers"]:
-        size += len(name) + len(value) + 4
-        if name == b"x-request-id":
-            # Keep the id a load balancer or client already gave, when it is sane.
-            text = value.decode("latin-1")
-            if _REQUEST_ID.match(text):
-                request_id = text
-    return request_id or os.urandom(8).hex(), size
+class RequestHead(NamedTuple):
+    """What the gateway reads from a request's headers, in one pass over them."""
+
+    request_id: str
+    # Bytes in the request line and headers.
+    size: int
+    # The Content-Length, or 0 if none was given.
+    body_length: int
+    # False when the request says it has no body (HTTP/1 without Content-Length or
+    # Transfer-Encoding), so the body's one empty message is already waiting.
+    may_have_body: bool
+
+    @classmethod
+    def read(cls, scope: Scope) -> RequestHead:
+        """Scan `scope`'s headers once."""
+        request_id = None
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        body_length = 0
+        may_have_body = not scope.get("http_version", "1.1").startswith("1")
+        for name, value in scope["headers"]:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                body_length = int(value) if value.isdigit() else 0
+                may_have_body = may_have_body or body_length > 0
+            elif name == b"transfer-encoding":
+                may_have_body = True
+            elif name == b"x-request-id":
+                # Keep the id a load balancer or client already gave, when it is sane.
+                text = value.decode("latin-1")
+                if _REQUEST_ID.match(text):
+                    request_id = text
+        return cls(request_id or os.urandom(8).hex(), size, body_length, may_have_body)
 
 
-def _declared_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+def _too_large(limits: Limits) -> str:
+    return f"the body is larger than {limits.max_body_size} bytes"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

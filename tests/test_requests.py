@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, Server, cgi_guest
+from gateway.app import RequestHead
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,30 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(target):
     assert time.monotonic() - started < 5
 
 
+def test_an_http2_body_that_never_comes_gets_408(target):
+    # HTTP/2 needs no Content-Length for a body, so the gateway must wait for one, timed.
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    request = [(":method", "POST"), (":path", "/noisy"), (":scheme", "http"),
+               (":authority", f"127.0.0.1:{target.port}")]  # fmt: skip
+    connection.send_headers(1, request, end_stream=False)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", target.port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        while data := sock.recv(65536):
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    assert dict(event.headers)[b":status"] == b"408"
+                    assert time.monotonic() - started >= 0.9  # the 1 s client timeout
+                    return
+            sock.sendall(connection.data_to_send())
+    raise AssertionError("the connection closed without an answer")
+
+
 def test_an_oversize_head_gets_431(target):
     answer = raw_request(target, b"GET /env HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 +
                          b"\r\n\r\n")  # fmt: skip
@@ -192,3 +217,31 @@ def test_every_answer_carries_the_request_id(target):
     assert given.headers["x-request-id"] == "lb-1234"
     forged = httpx.get(f"{target.url}/nowhere", headers={"X-Request-Id": "bad id\x7f"}, timeout=10)
     assert re.fullmatch("[0-9a-f]{16}", forged.headers["x-request-id"])  # a fresh one instead
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "length", "may_have_body"),
+    [
+        ("1.1", [], 0, False),
+        ("1.1", [(b"content-length", b"0")], 0, False),
+        ("1.1", [(b"content-length", b"12")], 12, True),
+        ("1.1", [(b"transfer-encoding", b"chunked")], 0, True),
+        ("1.0", [], 0, False),
+        ("2", [], 0, True),  # HTTP/2 and 3 may send a body without declaring its length
+        ("3", [(b"content-length", b"0")], 0, True),
+    ],
+)
+def test_the_head_says_whether_a_body_may_follow(version, headers, length, may_have_body):
+    scope = {"http_version": version, "raw_path": b"/a", "query_string": b"", "headers": headers}
+    head = RequestHead.read(scope)
+    assert (head.body_length, head.may_have_body) == (length, may_have_body)
+
+
+def test_the_head_keeps_a_sane_request_id_and_counts_its_size():
+    headers = [(b"host", b"x"), (b"x-request-id", b"lb-42.a:b")]
+    scope = {"raw_path": b"/path", "query_string": b"q=1", "headers": headers}
+    head = RequestHead.read(scope)
+    assert head.request_id == "lb-42.a:b"
+    assert head.size == len("/path") + len("q=1") + (4 + 1 + 4) + (12 + 9 + 4)
+    insane = RequestHead.read({**scope, "headers": [(b"x-request-id", b"a b\r\n")]})
+    assert re.fullmatch("[0-9a-f]{16}", insane.request_id)
