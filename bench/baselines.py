@@ -2,11 +2,18 @@
 
     python bench/baselines.py plain --listen 127.0.0.1:4001 [--workers N]
     python bench/baselines.py cgi --listen 127.0.0.1:4002 --wasmtime PATH --module hello.wasm
+    python bench/baselines.py replay --listen 127.0.0.1:4003 --manifest modules.toml
 
 - plain (B): an ASGI app answering what the `hello` module prints, with nothing else to
   do; no gateway can be faster than this on the same HTTP server.
 - cgi (C): classic CGI, one `wasmtime run MODULE` process per request, which is what
   a user does without a gateway. Its output is parsed with the gateway's CGI parser.
+- replay (D, a diagnostic): the gateway itself, except that each route's guest runs once
+  and its outcome is replayed for every later request. Everything else (routing, the CGI
+  environment, admission, metrics, parsing the output, the answer) runs as in `wagi serve`,
+  so D splits the gap between A and B: D - B is the gateway's Python around the guest,
+  A - D the guest's own path (the pool, WASI, the call, the output). D/B is the highest
+  A/B that any faster guest path could reach.
 """
 
 from __future__ import annotations
@@ -20,8 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway import cgi  # noqa: E402
-from gateway.config import Settings  # noqa: E402
-from gateway.server import Supervisor, hypercorn_config, listening_sockets, serve_on  # noqa: E402
+from gateway.config import Settings, default_cache_dir  # noqa: E402
+from gateway.engine import Outcome  # noqa: E402
+from gateway.manifest import load_manifest  # noqa: E402
+from gateway.server import (  # noqa: E402
+    Supervisor,
+    hypercorn_config,
+    listening_sockets,
+    make_gateway,
+    serve_on,
+)
 
 HELLO = b"Hello from WebAssembly!\n"
 
@@ -63,6 +78,32 @@ class CgiApp:
         await send({"type": "http.response.body", "body": response.body})
 
 
+class ReplayExecutor:
+    """Runs each pool's guest once, through the real executor, then replays that outcome."""
+
+    def __init__(self, executor) -> None:
+        self._executor = executor
+        self._outcomes: dict[object, Outcome] = {}
+
+    async def run(self, pool, entrypoint, invocation, limits) -> Outcome:
+        outcome = self._outcomes.get(pool)
+        if outcome is None:
+            outcome = await self._executor.run(pool, entrypoint, invocation, limits)
+            self._outcomes[pool] = outcome
+        return outcome
+
+    def close(self) -> None:
+        self._executor.close()
+
+
+def replay_gateway(manifest: Path, cache: Path) -> object:
+    """The gateway for `manifest`, with its guests replayed."""
+    settings = Settings(manifest=manifest, cache_dir=cache, log_level="warning")
+    gateway = make_gateway(settings, load_manifest(manifest))
+    gateway.executor = ReplayExecutor(gateway.executor)
+    return gateway
+
+
 async def _lifespan(receive, send) -> None:
     while True:
         message = await receive()
@@ -73,31 +114,36 @@ async def _lifespan(receive, send) -> None:
             return
 
 
-def _app(kind: str, wasmtime: str | None, module: str | None) -> object:
-    return plain_app if kind == "plain" else CgiApp(wasmtime, module)
+def _app(args: argparse.Namespace) -> object:
+    if args.kind == "plain":
+        return plain_app
+    if args.kind == "replay":
+        return replay_gateway(args.manifest, args.cache_dir)
+    return CgiApp(args.wasmtime, args.module)
 
 
-def _worker(number: int, sockets: list, listen: str, kind: str, wasmtime: str | None,
-            module: str | None) -> None:  # fmt: skip
-    config = hypercorn_config(Settings(manifest=Path("-"), listen=listen))
-    serve_on(_app(kind, wasmtime, module), config, sockets)
+def _worker(number: int, sockets: list, args: argparse.Namespace) -> None:
+    config = hypercorn_config(Settings(manifest=Path("-"), listen=args.listen))
+    serve_on(_app(args), config, sockets)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["plain", "cgi"])
+    parser.add_argument("kind", choices=["plain", "cgi", "replay"])
     parser.add_argument("--listen", required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--wasmtime")
     parser.add_argument("--module")
+    parser.add_argument("--manifest", type=Path, help="replay: the app to serve")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                        help="replay: the compiled cache")  # fmt: skip
     args = parser.parse_args()
     config = hypercorn_config(Settings(manifest=Path("-"), listen=args.listen))
     if args.workers == 1:
-        serve_on(_app(args.kind, args.wasmtime, args.module), config, None)
+        serve_on(_app(args), config, None)
         return
     sockets = listening_sockets(config)
-    Supervisor(args.workers, _worker, sockets,
-               (args.listen, args.kind, args.wasmtime, args.module)).run()  # fmt: skip
+    Supervisor(args.workers, _worker, sockets, (args,)).run()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ Targets, all behind the same hypercorn configuration:
      SHA-256 of the body and a 10 KB page)
   B  a plain ASGI app returning hello's bytes (bench/baselines.py): the ceiling
   C  classic CGI: a `wasmtime run hello.wasm` process per request (bench/baselines.py)
+  D  a diagnostic, 1 worker: the gateway with each guest's first outcome replayed
+     (bench/baselines.py replay), which splits A's gap to B into the gateway's Python
+     around the guest (D - B) and the guest's own path (A - D)
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 PYTHON = sys.executable
 WAGI = str(Path(sys.executable).parent / "wagi")
+REPLAY = "D replay, 1w"
 
 
 # ------------------------------------------------------------------ building the apps
@@ -213,6 +217,9 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
                 f"A env, {workers}w": a.url("/env"),
                 f"A page, {workers}w": a.url("/page"),
             })  # fmt: skip
+            if workers == 1:
+                servers["D1"] = _start("D", 1, routes, cache, modules)
+                targets[REPLAY] = servers["D1"].url("/hello")
         result = Throughput({name: [] for name in targets})
         for url in targets.values():  # warm up
             wrk(url, 1, args.connections)
@@ -245,6 +252,10 @@ def _start(kind: str, workers: int, routes: Path, cache: Path, modules: dict) ->
     baselines = [PYTHON, str(ROOT / "bench/baselines.py")]
     if kind == "B":
         return Server(f"plain, {workers} workers", [*baselines, "plain", *listen], port, "/")
+    if kind == "D":
+        command = [*baselines, "replay", *listen, "--manifest", str(routes),
+                   "--cache-dir", str(cache)]  # fmt: skip
+        return Server("gateway with replayed guests", command, port, "/hello")
     command = [*baselines, "cgi", *listen, "--wasmtime", wasmtime_cli(), "--module",
                str(modules["hello.wasm"])]  # fmt: skip
     return Server(f"cgi, {workers} workers", command, port, "/")
@@ -348,6 +359,25 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")  # fmt: skip
 
 
+def split_of_the_gap(result: Throughput) -> list[str]:
+    """Where hello's time beyond plain ASGI goes, on one worker (from target D)."""
+    a, b, d = (1e6 / result.median(target, "requests_per_second")
+               for target in ("A hello, 1w", "B plain, 1w", REPLAY))  # fmt: skip
+    return [
+        "Where hello's extra time goes, 1 worker (microseconds of server time per request, "
+        "from the median req/s; D replays each guest's first outcome through the real "
+        "gateway):",
+        "",
+        "| plain ASGI (B) | + the gateway's Python around the guest (D - B) "
+        "| + the guest's path: pool, WASI, call, output (A - D) | = the gateway (A) |",
+        "|---|---|---|---|",
+        f"| {b:.0f} | {d - b:.0f} | {a - d:.0f} | {a:.0f} |",
+        "",
+        f"D/B = {result.ratio(REPLAY, 'B plain, 1w'):.2f}: the highest A/B that a faster "
+        "guest path alone could reach.",
+    ]
+
+
 def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms: tuple,
            memory: list[tuple[int, int]]) -> str:  # fmt: skip
     lines = [
@@ -392,6 +422,8 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
     for workers in args.workers:
         a, b, c = (f"{name}, {workers}w" for name in ("A hello", "B plain", "C cgi"))
         lines.append(f"| {workers} | {result.ratio(a, b):.2f} | {result.ratio(a, c):.1f} |")
+    if REPLAY in result.runs:
+        lines += ["", *split_of_the_gap(result)]
     if 1 in args.workers and 2 in args.workers:
         scaling = result.ratio("A hello, 2w", "A hello, 1w")
         plain = result.ratio("B plain, 2w", "B plain, 1w")
