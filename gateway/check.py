@@ -8,7 +8,6 @@ is missing is not also reported as failing to compile.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import wasmtime
 from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
 from .loader import load_app
-from .manifest import Component, Manifest, ManifestError, Trigger, load_manifest
+from .manifest import Component, Manifest, ManifestError, Trigger, close_matches, load_manifest
 from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
 
 
@@ -70,11 +69,12 @@ def check_app(path: Path, cache_dir: Path | None) -> Report:
         return Report(None, [Problem(error.origin, _key_message(error))])
     problems = _missing_sources(manifest) + _empty_patterns(manifest) + _route_problems(manifest)
     engine = Engine(cache_dir)
-    programs, module_problems = _programs(manifest, engine)
+    loaded: dict[str, wasmtime.Module] = {}  # by digest: the full load reuses them
+    programs, module_problems = _programs(manifest, engine, loaded)
     problems += module_problems
     problems += _entrypoint_problems(manifest, programs)
     if not any(not problem.warning for problem in problems):
-        problems += _full_load(manifest, engine)
+        problems += _full_load(manifest, engine, loaded)
     return Report(manifest, problems)
 
 
@@ -184,13 +184,16 @@ def _shadowed_in_wagi(
 # --------------------------------------------------------------------------- modules
 
 
-def _programs(manifest: Manifest, engine: Engine) -> tuple[dict[str, Program], list[Problem]]:
-    """Compile and link each module that exists, once, for the components using it."""
+def _programs(
+    manifest: Manifest, engine: Engine, loaded: dict[str, wasmtime.Module]
+) -> tuple[dict[str, Program], list[Problem]]:
+    """Compile and link each module that exists, once, for the components using it; the
+    modules go into `loaded`."""
     by_source: dict[Path, Program] = {}
     problems: list[Problem] = []
     for source, component in manifest.modules.items():
         if source.is_file():
-            program, problem = _program(component, engine)
+            program, problem = _program(component, engine, loaded)
             if program is not None:
                 by_source[source] = program
             if problem is not None:
@@ -201,14 +204,17 @@ def _programs(manifest: Manifest, engine: Engine) -> tuple[dict[str, Program], l
     return programs, problems
 
 
-def _program(component: Component, engine: Engine) -> tuple[Program | None, Problem | None]:
+def _program(
+    component: Component, engine: Engine, loaded: dict[str, wasmtime.Module]
+) -> tuple[Program | None, Problem | None]:
     def problem(message: str, fix: str = "") -> tuple[None, Problem]:
         return None, Problem(component.origin, message, component.id, fix)
 
     try:
-        module = engine.load(component.source).module
+        module_file = engine.load(component.source)
     except LoadError as error:
         return problem(str(error))
+    module = loaded[module_file.digest] = module_file.module
     foreign = {item.module for item in module.imports if item.module != WASI_MODULE}
     try:
         program = engine.link(module, component.source.name)
@@ -284,7 +290,7 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
         if manifest.kind == "wagi"
         else 'executor = { type = "wagi", entrypoint = "NAME" } on its trigger'
     )
-    close = difflib.get_close_matches(trigger.entrypoint, functions, n=1)
+    close = close_matches(trigger.entrypoint, functions)
     hint = f"did you mean `{close[0]}`? " if close else ""
     return f"{hint}it exports {', '.join(f'`{f}`' for f in functions)}; set {setting}"
 
@@ -292,10 +298,12 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 # --------------------------------------------------------------------------- the rest
 
 
-def _full_load(manifest: Manifest, engine: Engine) -> list[Problem]:
+def _full_load(
+    manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
+) -> list[Problem]:
     """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
     try:
-        loaded = load_app(manifest, Settings(manifest=manifest.path), engine)
+        loaded = load_app(manifest, Settings(manifest=manifest.path), engine, modules)
     except ManifestError as error:
         return [Problem(error.origin, _key_message(error))]
     except LoadError as error:

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from ctypes import byref, c_void_p
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +157,7 @@ class Engine:
     def load(
         self,
         source: Path,
-        loaded: dict[str, wasmtime.Module] | None = None,
+        loaded: Mapping[str, wasmtime.Module] | None = None,
         compiling: Callable[[Path, int], None] | None = None,
     ) -> LoadedModule:
         """Compile a `.wasm` or `.wat` file, or read its compiled form from the cache.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,15 +148,18 @@ class LoadedApp:
 
 
 def load_app(
-    manifest: Manifest, settings: Settings, engine: Engine, previous: LoadedApp | None = None
+    manifest: Manifest,
+    settings: Settings,
+    engine: Engine,
+    known: Mapping[str, wasmtime.Module] | None = None,
 ) -> LoadedApp:
     """Compile, link and prepare every component, then build the route table.
 
-    Modules whose bytes the `previous` version also had are reused, not recompiled.
+    Modules whose digest is in `known` (a previous version's, say) are reused as they are.
     """
     _check_capacity(manifest, settings)
     environment = settings.global_environment()
-    known = previous.modules() if previous is not None else {}
+    known = known or {}
     components: dict[str, ComponentRuntime] = {}
     try:
         modules: dict[Path, LoadedModule] = {}
@@ -196,7 +200,7 @@ def _prepare(
     settings: Settings,
     engine: Engine,
     modules: dict[Path, LoadedModule],
-    known: dict[str, wasmtime.Module],
+    known: Mapping[str, wasmtime.Module],
     environment: list[tuple[str, str]],
 ) -> ComponentRuntime:
     loaded = modules.get(component.source)
@@ -246,7 +250,7 @@ def _prepare(
 
 
 def _load_module(
-    component: Component, engine: Engine, known: dict[str, wasmtime.Module]
+    component: Component, engine: Engine, known: Mapping[str, wasmtime.Module]
 ) -> LoadedModule:
     def compiling(source: Path, size: int) -> None:
         if size >= LARGE_MODULE:

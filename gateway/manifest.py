@@ -383,7 +383,7 @@ def _spin_v2_triggers(
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    hint = _close_matches(name, list(known), n=1)
+    hint = close_matches(name, list(known))
     return f" (did you mean `{hint[0]}`?)" if hint else ""
 
 
@@ -773,7 +773,8 @@ def _finish(
     )
 
 
-def _close_matches(word: str, candidates: list[str], n: int) -> list[str]:
+def close_matches(word: str, candidates: list[str]) -> list[str]:
+    """The candidate closest to `word`, if any is close (for "did you mean" hints)."""
     import difflib  # only on the error path: it is slow to import
 
-    return difflib.get_close_matches(word, candidates, n=n)
+    return difflib.get_close_matches(word, candidates, n=1)

@@ -114,7 +114,8 @@ def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
 
     def load(previous: LoadedApp | None) -> LoadedApp:
         current = manifest if previous is None else load_manifest(settings.manifest)
-        loaded = load_app(current, settings, engine, previous)
+        known = previous.modules() if previous is not None else None
+        loaded = load_app(current, settings, engine, known)
         for handler in loaded.broken_routes():
             log.warning(
                 "%s: route %s will answer 500: %s",

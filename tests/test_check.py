@@ -8,6 +8,7 @@ import pytest
 
 from conftest import EXAMPLE, routes_guest, run_wagi
 from gateway.check import check_app
+from gateway.engine import Engine
 from gateway.routing import RoutePattern
 
 TRIGGER = '[[trigger.http]]\nroute = "{route}"\ncomponent = "{component}"\nexecutor = {executor}\n'
@@ -233,6 +234,23 @@ def test_check_app_returns_problems_as_data(tmp_path):
         f"{manifest.parent}/{at(manifest, 'nope')}",
     )
     assert problem.fix.startswith("`source` is relative to the manifest's folder")
+
+
+def test_check_compiles_each_module_once(tmp_path, monkeypatch):
+    # The checks and the full load share the compiled modules (no cache to fall back on).
+    compiled = []
+    compile_module = Engine._compile
+
+    def counting(self, source, module_bytes):
+        compiled.append(source.name)
+        return compile_module(self, source, module_bytes)
+
+    monkeypatch.setattr(Engine, "_compile", counting)
+    components = '[component.a]\nsource = "good.wat"\n[component.b]\nsource = "handler.wat"\n'
+    triggers = [("/a", "a", WAGI), ("/b", "b", '{ type = "wagi", entrypoint = "handle_request" }')]
+    report = check_app(spin_app(tmp_path, triggers, components), cache_dir=None)
+    assert report.ok, report.problems
+    assert sorted(compiled) == ["good.wat", "handler.wat"]
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,7 @@ def test_old_versions_are_released_once_their_requests_end(tmp_path):
     old = load_app(load_manifest(settings.manifest), settings, engine)
     staged = Path(old.components["one"].mounts[0][0])
     old.requests += 1  # a request in flight
-    new = load_app(load_manifest(settings.manifest), settings, engine, previous=old)
+    new = load_app(load_manifest(settings.manifest), settings, engine, known=old.modules())
     assert new.components["one"].module.how == "reused"
     old.retire()
     assert staged.exists()  # still in use

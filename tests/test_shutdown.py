@@ -118,7 +118,8 @@ def test_readiness_follows_loading_and_draining(tmp_path):
         from gateway.manifest import load_manifest
 
         release.wait(10)
-        return load_app(load_manifest(manifest), settings, engine, previous)
+        known = previous.modules() if previous is not None else None
+        return load_app(load_manifest(manifest), settings, engine, known)
 
     gateway = Gateway(settings, Executor(engine, 2), slow_load)
 
