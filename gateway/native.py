@@ -96,6 +96,20 @@ wasmtime_context_epoch_deadline_async_yield_and_update = _declare(
     _quick, "wasmtime_context_epoch_deadline_async_yield_and_update", None, _P, c_uint64)
 wasmtime_engine_increment_epoch = _declare(_slow, "wasmtime_engine_increment_epoch", None, _P)
 
+# Host functions (stdio's `fd_write`): defined on a linker, called with a caller whose
+# store data identifies the request.
+HostCallback = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
+wasmtime_linker_define_func_unchecked = _declare(
+    _quick, "wasmtime_linker_define_func_unchecked", _P, _P, c_char_p, c_size_t, c_char_p,
+    c_size_t, _P, HostCallback, _P, _P)
+wasmtime_caller_context = _declare(_quick, "wasmtime_caller_context", _P, _P)
+wasmtime_caller_export_get = _declare(_quick, "wasmtime_caller_export_get", c_bool, _P, c_char_p,
+                                      c_size_t, _P)
+wasmtime_context_get_data = _declare(_quick, "wasmtime_context_get_data", _P, _P)
+wasmtime_context_set_data = _declare(_quick, "wasmtime_context_set_data", None, _P, _P)
+wasmtime_memory_data = _declare(_quick, "wasmtime_memory_data", POINTER(ctypes.c_ubyte), _P, _P)
+wasmtime_trap_new = _declare(_quick, "wasmtime_trap_new", _P, c_char_p, c_size_t)
+
 # Errors and traps.
 wasmtime_error_message = _declare(_quick, "wasmtime_error_message", None, _P, _P)
 wasmtime_error_exit_status = _declare(_quick, "wasmtime_error_exit_status", c_bool, _P,

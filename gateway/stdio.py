@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import struct
-from ctypes import POINTER, byref, c_bool, c_char_p, c_size_t, c_void_p
+from ctypes import byref, c_void_p
 
 import wasmtime
 
@@ -28,22 +28,6 @@ _SUCCESS, _BADF, _FAULT = 0, 8, 21
 _ARGUMENTS = struct.Struct("<I12xI12xI12xI")
 _IOVEC = struct.Struct("<II")
 _MAX_IOVECS = 1024
-
-_P = c_void_p
-# fmt: off
-_CALLBACK = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
-_define = native._declare(native._quick, "wasmtime_linker_define_func_unchecked", _P, _P,
-                          c_char_p, c_size_t, c_char_p, c_size_t, _P, _CALLBACK, _P, _P)
-_caller_context = native._declare(native._quick, "wasmtime_caller_context", _P, _P)
-_caller_export_get = native._declare(native._quick, "wasmtime_caller_export_get", c_bool, _P,
-                                     c_char_p, c_size_t, _P)
-_context_get_data = native._declare(native._quick, "wasmtime_context_get_data", _P, _P)
-_context_set_data = native._declare(native._quick, "wasmtime_context_set_data", None, _P, _P)
-_memory_data = native._declare(native._quick, "wasmtime_memory_data", POINTER(ctypes.c_ubyte),
-                               _P, _P)
-_memory_data_size = native.wasmtime_memory_data_size
-_trap_new = native._declare(native._quick, "wasmtime_trap_new", _P, c_char_p, c_size_t)
-# fmt: on
 
 
 class OutputLimitExceeded(Exception):
@@ -83,16 +67,16 @@ def capture(context: int, limit: int) -> Output:
     key = next(_keys)
     output = Output(limit)
     _outputs[key] = output
-    _context_set_data(context, key)
+    native.wasmtime_context_set_data(context, key)
     return output
 
 
 def release(context: int) -> None:
     """Stop capturing a store's output."""
-    key = _context_get_data(context)
+    key = native.wasmtime_context_get_data(context)
     if key:
         _outputs.pop(key, None)
-        _context_set_data(context, None)
+        native.wasmtime_context_set_data(context, None)
 
 
 def install(linker: wasmtime.Linker) -> None:
@@ -101,7 +85,7 @@ def install(linker: wasmtime.Linker) -> None:
     i32 = wasmtime.ValType.i32()
     signature = wasmtime.FuncType([i32, i32, i32, i32], [i32])
     module, name = b"wasi_snapshot_preview1", b"fd_write"
-    error = _define(
+    error = native.wasmtime_linker_define_func_unchecked(
         native.address(linker),
         module,
         len(module),
@@ -116,7 +100,7 @@ def install(linker: wasmtime.Linker) -> None:
         raise RuntimeError(f"cannot replace fd_write: {native.error_text(error)}")
 
 
-@_CALLBACK
+@native.HostCallback
 def _fd_write(_env: int, caller: int, values: int, _count: int) -> int:
     try:
         return _write(caller, values)
@@ -129,19 +113,20 @@ def _fd_write(_env: int, caller: int, values: int, _count: int) -> int:
 def _write(caller: int, values: int) -> int | None:
     raw = ctypes.string_at(values, _ARGUMENTS.size)
     fd, iovs, iovs_count, written_at = _ARGUMENTS.unpack(raw)
-    context = _caller_context(caller)
-    output = _outputs.get(_context_get_data(context) or 0)
+    context = native.wasmtime_caller_context(caller)
+    output = _outputs.get(native.wasmtime_context_get_data(context) or 0)
     if output is None or fd not in (1, 2):
         return _result(values, _BADF)
     memory = output.memory
     if memory is None:
         memory = native.Extern()
-        if not _caller_export_get(caller, b"memory", 6, byref(memory)):
+        if not native.wasmtime_caller_export_get(caller, b"memory", 6, byref(memory)):
             return _result(values, _FAULT)
         output.memory = memory
     # Read every time: a guest's memory may grow (and move) between writes.
-    base = ctypes.cast(_memory_data(context, byref(memory.of.memory)), c_void_p).value or 0
-    size = _memory_data_size(context, byref(memory.of.memory))
+    data = native.wasmtime_memory_data(context, byref(memory.of.memory))
+    base = ctypes.cast(data, c_void_p).value or 0
+    size = native.wasmtime_memory_data_size(context, byref(memory.of.memory))
     if iovs_count > _MAX_IOVECS or iovs + 8 * iovs_count > size or written_at + 4 > size:
         return _result(values, _FAULT)
     vectors = ctypes.string_at(base + iovs, 8 * iovs_count)
@@ -162,4 +147,4 @@ def _result(values: int, errno: int) -> None:
 
 def _trap(message: str) -> int:
     encoded = message.encode()
-    return _trap_new(encoded, len(encoded))
+    return native.wasmtime_trap_new(encoded, len(encoded))

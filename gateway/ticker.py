@@ -144,7 +144,7 @@ def _posix_timer(engine_address: int) -> c_void_p | None:
     event = _SigEvent()
     event.sigev_notify = _SIGEV_THREAD
     event.sigev_value.sival_ptr = engine_address
-    increment = ctypes.cast(native._slow.wasmtime_engine_increment_epoch, c_void_p)
+    increment = ctypes.cast(native.wasmtime_engine_increment_epoch, c_void_p)
     event.sigev_notify_function = increment.value
     timer = c_void_p()
     if create(_CLOCK_MONOTONIC, byref(event), byref(timer)) != 0:
