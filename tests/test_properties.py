@@ -73,6 +73,35 @@ def test_the_cgi_parser_yields_a_sendable_response_or_a_clean_error(output):
     server.send(h11.Response(status_code=response.status, headers=response.headers))
 
 
+# Output a CGI program may well print: always accepted, and passed on as written.
+visible_values = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30
+).map(str.encode)
+header_names_used = [b"Content-Type", b"X-Thing", b"Set-Cookie", b"Location", b"cache-control"]
+well_formed_headers = st.lists(
+    st.tuples(st.sampled_from(header_names_used), visible_values), max_size=5
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    well_formed_headers,
+    st.none() | st.integers(200, 599),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.binary(max_size=100),
+)
+def test_well_formed_cgi_output_is_passed_on_as_written(headers, status, end, body):
+    headers = [(b"Content-Type", b"text/plain"), *headers]
+    lines = [name + b": " + value for name, value in headers]
+    if status is not None:
+        lines.insert(len(lines) // 2, b"Status: %d Whatever" % status)
+    response = cgi.parse_response(end.join(lines) + end + end + body)
+    assert response.headers == [(name.lower(), value) for name, value in headers]
+    has_location = any(name == b"Location" for name, _ in headers)
+    assert response.status == (status or (302 if has_location else 200))
+    assert response.body == body
+
+
 request_headers = st.lists(
     st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=60)), max_size=8
 )
