@@ -29,6 +29,12 @@ def figures(text: str) -> dict[str, float]:
         if row:
             found[f"A/B, {workers}w"] = float(row.group(1))
             found[f"A/C, {workers}w"] = float(row.group(2))
+    replay = re.search(r"^\| D replay, 1w \| (\d+) \|", text, re.MULTILINE)
+    if replay:  # runs since the replay target was added
+        found["D replay, 1w, req/s"] = float(replay.group(1))
+    ceiling = re.search(r"^D/B = ([\d.]+)", text, re.MULTILINE)
+    if ceiling:
+        found["D/B, 1w"] = float(ceiling.group(1))
     scaling = re.search(r"hello: ([\d.]+)x \(plain ASGI: ([\d.]+)x\)", text)
     if scaling:
         found["2w / 1w, hello"] = float(scaling.group(1))
