@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .check import check_app
 from .config import (
     LIMIT_NAMES,
     ConfigError,
@@ -408,6 +407,8 @@ def _seconds(seconds: float) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .check import check_app  # only `wagi check` needs it: `serve` starts sooner
+
     path = _manifest_path(args)
     report = check_app(path, args.cache_dir)
     for problem in report.problems:
