@@ -1,12 +1,14 @@
 """The gateway's own cost per request, without HTTP: the ASGI app called in a loop.
 
-    python bench/request_cost.py [--requests 20000] [--rounds 3] [--profile]
+    python bench/request_cost.py [--requests 20000] [--rounds 3] [--profile] [--replay]
 
 Loads the benchmark's modules (hello, env, page) into a gateway, then calls its ASGI
 app directly with a ready-made GET scope, so what is measured is routing, the CGI
 environment, the pool, the guest and the response parsing: everything but hypercorn
 and h11. `--profile` prints cProfile's top functions for hello (profiling makes
-everything about twice as slow; read it for proportions only).
+everything about twice as slow; read it for proportions only). `--replay` replays each
+guest's first outcome instead of running it (as target D of bench/run.py does), which
+leaves the gateway's Python around the guest.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from baselines import ReplayExecutor
 from run import OUT, manifest, prepare
 
 from gateway.config import Settings
@@ -96,6 +99,8 @@ async def measure(routes: Path, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as cache:
         settings = Settings(manifest=routes, cache_dir=Path(cache))
         app = make_gateway(settings, load_manifest(routes))
+        if args.replay:
+            app.executor = ReplayExecutor(app.executor)
         task, lifespan = await started(app)
         for path in ("/hello", "/env", "/page"):
             costs = [await per_request(app, path, args.requests, None) for _ in range(args.rounds)]
@@ -114,6 +119,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--replay", action="store_true", help="replay the guests' output")
     args = parser.parse_args()
     routes = manifest(prepare(), ["hello", "env", "page"], OUT / "request-cost.toml")
     asyncio.run(measure(routes, args))
