@@ -345,7 +345,7 @@ class Gateway:
         if head.body_length > limits.max_body_size:
             return await refuse(413, _too_large(limits), "body"), 0, 0.0
         try:
-            body = await self._read_body(receive, head, limits.max_body_size)
+            body = await self._receive_body(receive, head, limits.max_body_size)
         except TimeoutError:
             return await refuse(408, "the body did not arrive in time", "slow_body"), 0, 0.0
         except BodyTooLarge:
@@ -369,9 +369,11 @@ class Gateway:
         status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
         return status, sent, outcome.seconds
 
-    async def _read_body(self, receive: Receive, head: RequestHead, limit: int) -> bytes | None:
+    async def _receive_body(self, receive: Receive, head: RequestHead, limit: int) -> bytes | None:
         """The request body within the client timeout, or None if the client went away."""
-        if not head.may_have_body:  # its one empty message is already waiting
+        if not head.may_have_body:
+            # HTTP/1 framing says there is none: the server queued the one empty message
+            # with the request, and no client data is needed (hypercorn and h11 do so).
             return await _read_body(receive, limit)
         async with asyncio.timeout(self.settings.client_timeout):
             return await _read_body(receive, limit)

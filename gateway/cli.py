@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         "--client-timeout",
         metavar="SECONDS",
         default=30,
-        help="time a client may take to send its body, or to stay silent (default: %(default)s)",
+        help="time a client may take to send its body (then 408); a connection silent for a "
+        "second longer is closed (default: %(default)s)",
     )
     limits.add_argument(
         "--grace-period",

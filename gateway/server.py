@@ -46,8 +46,9 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.h11_max_incomplete_size = MAX_HEAD_SIZE
     config.h2_max_header_list_size = MAX_HEAD_SIZE
-    # A client that sends nothing for this long is disconnected.
-    config.read_timeout = max(1, round(settings.client_timeout))
+    # A client that sends nothing for this long is disconnected: a second after the
+    # gateway's own body timeout, so that a body that stops coming gets its 408 first.
+    config.read_timeout = max(1, round(settings.client_timeout)) + 1
     config.graceful_timeout = settings.grace_period
     if settings.tls_cert is not None:
         config.certfile = str(settings.tls_cert)

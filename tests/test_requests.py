@@ -124,6 +124,14 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(target):
     assert time.monotonic() - started < 5
 
 
+def test_a_chunked_body_that_never_comes_gets_408(target):
+    started = time.monotonic()
+    head = b"POST /noisy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = raw_request(target, head)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started >= 0.9  # the 1 s client timeout
+
+
 def test_an_http2_body_that_never_comes_gets_408(target):
     # HTTP/2 needs no Content-Length for a body, so the gateway must wait for one, timed.
     import h2.config
