@@ -79,7 +79,8 @@ class CgiApp:
 
 
 class ReplayExecutor:
-    """Runs each pool's guest once, through the real executor, then replays that outcome."""
+    """Runs each pool's guest once, through the real executor, then replays that outcome
+    (its `seconds` too, so the guest-time metric repeats the first run's)."""
 
     def __init__(self, executor) -> None:
         self._executor = executor

@@ -234,7 +234,7 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
                       f"req/s  p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
                       f"errors {load.errors} {load.error_kinds}", flush=True)  # fmt: skip
         result.problems = {servers[key].name: servers[key].problems()
-                           for key in servers if key.startswith("A")}  # fmt: skip
+                           for key in servers if key.startswith(("A", "D"))}  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()

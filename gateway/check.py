@@ -211,7 +211,7 @@ def _program(
         return None, Problem(component.origin, message, component.id, fix)
 
     try:
-        module_file = engine.load(component.source)
+        module_file = engine.load(component.source, loaded)
     except LoadError as error:
         return problem(str(error))
     module = loaded[module_file.digest] = module_file.module
