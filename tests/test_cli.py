@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import compileall
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import wasmtime
 
 from conftest import run_wagi
+from gateway import scaffold
 from gateway.config import ConfigError
 from gateway.scaffold import create_app
 
@@ -96,6 +99,18 @@ def test_a_new_app_builds_checks_passes_its_tests_and_serves(serve, tmp_path, te
     response = httpx.get(f"{server.url}/")
     assert response.status_code == 200
     assert response.text.startswith("Hello from my-app!\n")
+
+
+def test_new_ignores_the_bytecode_an_installed_package_has(tmp_path, monkeypatch):
+    # pip byte-compiles every .py of a package, the templates' test_app.py included.
+    templates = tmp_path / "templates"
+    shutil.copytree(scaffold.TEMPLATES, templates, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(templates, quiet=1)
+    monkeypatch.setattr(scaffold, "TEMPLATES", templates)
+    assert scaffold.template_names() == ["hello-c", "hello-wat"]
+    created = create_app("my-app", "hello-c", tmp_path)
+    names = sorted(path.name for path in created.files)
+    assert names == [".gitignore", "my-app.c", "spin.toml", "test_my_app.py"]
 
 
 def test_new_refuses_a_bad_name_and_an_existing_folder(tmp_path):
