@@ -33,10 +33,11 @@ class TrustedProxies:
     """The peers whose forwarding headers are believed."""
 
     def __init__(self, spec: str) -> None:
-        """`spec`: comma-separated addresses and networks, or `*` for any peer."""
-        self.any = spec.strip() == "*"
+        """`spec`: comma-separated addresses and networks; `*` among them means any peer."""
+        items = [item for item in (part.strip() for part in spec.split(",")) if item]
+        self.any = "*" in items
         self.networks: list[Network] = []
-        for item in filter(None, (part.strip() for part in spec.split(","))):
+        for item in items:
             if item == "*":
                 continue
             try:

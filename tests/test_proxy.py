@@ -65,6 +65,11 @@ def test_forwarding_headers(trusted, peer, sent, expected):
     assert TrustedProxies(trusted).resolve(peer, sent) == expected
 
 
+def test_a_star_in_a_list_trusts_any_peer():
+    sent = headers(x_forwarded_for="1.2.3.4")
+    assert TrustedProxies("10.0.0.1, *").resolve("10.9.9.9", sent).client == ("1.2.3.4", 0)
+
+
 def test_a_bad_address_list_is_refused():
     with pytest.raises(ConfigError, match=r"not an address or network: 'proxy\.local'"):
         TrustedProxies("10.0.0.1, proxy.local")
