@@ -17,7 +17,15 @@ import wasmtime
 from . import cgi
 from .admission import Admission
 from .config import Limits, Settings, human_size
-from .engine import Engine, FixedEnvironment, Invocation, LoadedModule, LoadError, Program
+from .engine import (
+    WASM_PAGE,
+    Engine,
+    FixedEnvironment,
+    Invocation,
+    LoadedModule,
+    LoadError,
+    Program,
+)
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
 from .mounts import StagedFiles, guest_mounts
@@ -219,15 +227,20 @@ def _prepare(
             f"instance slot holds ({settings.engine.instance_memory} bytes)",
             component.origin,
         )
+    memory = program.exports.get("memory")
+    initial = memory.limits.min * WASM_PAGE if isinstance(memory, wasmtime.MemoryType) else 0
+    if initial > limits.max_memory:
+        raise LoadError(
+            f"component `{component.id}`: its memory starts at {human_size(initial)}, "
+            f"more than its max_memory of {human_size(limits.max_memory)}: raise max_memory",
+            component.origin,
+        )
     pool_size = _pool_size(component, settings)
     pool = InstancePool(program, pool_size, component.id, limits.max_memory)
     try:
         pool.fill()
     except LoadError as error:
-        hint = ""
-        if "memory minimum" in str(error):  # its initial memory is over the limit
-            hint = f" (its max_memory is {human_size(limits.max_memory)}: raise it)"
-        raise LoadError(f"component `{component.id}`: {error}{hint}", component.origin) from None
+        raise LoadError(f"component `{component.id}`: {error}", component.origin) from None
     log.info("component %s: %d instances ready", component.id, pool_size)
     capacity = limits.max_concurrency
     admission = Admission(capacity, capacity * Limits.QUEUE_PER_SLOT, Limits.QUEUE_TIMEOUT)
@@ -336,8 +349,7 @@ def _declared_routes(parent: Handler) -> list[Handler]:
     except LoadError as error:
         raise LoadError(f"{name}: {error}", parent.origin) from None
     if not outcome.ok:
-        reason = outcome.error or f"exit code {outcome.exit_code}"
-        raise LoadError(f"{name}: `_routes` failed: {reason}", parent.origin)
+        raise LoadError(f"{name}: `_routes` failed: {outcome.error}", parent.origin)
     lines = [line.strip() for line in outcome.stdout.decode("utf-8", "replace").splitlines()]
     lines = [line for line in lines if line]
     if not lines:

@@ -218,9 +218,8 @@ def test_what_only_loading_finds_is_reported_too(tmp_path):
     status, lines = check(manifest)
     assert status == 1
     assert lines[0] == (
-        f"{at(manifest, 'big.wat')}: component `big`: cannot instantiate: "
-        "memory minimum size of 100 pages exceeds memory limits "
-        "(its max_memory is 1.0 MiB: raise it)"
+        f"{at(manifest, 'big.wat')}: component `big`: its memory starts at 6.2 MiB, "
+        "more than its max_memory of 1.0 MiB: raise max_memory"
     )
 
 
