@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import re
@@ -33,7 +34,7 @@ import wasmtime
 
 from . import native, stdio
 from .cache import ModuleCache
-from .config import EngineSettings, Limits
+from .config import EngineSettings, Limits, human_size
 from .ticker import EpochTicker
 
 log = logging.getLogger("wagi.engine")
@@ -44,7 +45,7 @@ _COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
 # Idle instances never run code; this deadline is "never" until a call sets a real one.
 _NO_DEADLINE = 1 << 62
 _NO_LIMIT = 1 << 62
-_WASM_PAGE = 65536
+WASM_PAGE = 65536
 
 
 class LoadError(Exception):
@@ -123,11 +124,6 @@ class LoadedModule:
     seconds: float
     size: int
     digest: str
-
-    @property
-    def from_cache(self) -> bool:
-        """Whether no compilation was needed."""
-        return self.how != "compiled"
 
 
 class Engine:
@@ -379,11 +375,8 @@ class Instance:
         return GuestCall(self, functions, output, problem)
 
     def run(self, entrypoint: str, invocation: Invocation) -> Outcome:
-        """Run `entrypoint` to completion on this thread (for load time and tests)."""
-        call = self.start(entrypoint, invocation)
-        while not call.poll():
-            pass
-        return call.finish()
+        """Run `entrypoint` to completion on this thread, without limits (tests, bench)."""
+        return self.start(entrypoint, invocation).run_to_end(math.inf, math.inf)
 
     def _attach_wasi(self, invocation: Invocation) -> str | None:
         config = native.wasi_config_new()
@@ -518,14 +511,16 @@ class GuestCall:
     def _fail(self, failure: str, message: str) -> None:
         message = _one_line(message)
         limit = self._instance.memory_limit
-        size = self._instance.memory_size() if limit > 0 else 0
         if self._output.exceeded:
             failure, message = Failure.OUTPUT, self._output.exceeded
-        elif limit > 0 and size + max(limit // 8, _WASM_PAGE) > limit:
-            # wasmtime does not say when it refused to grow a memory; a guest that fails
-            # this close to its limit most likely ran out.
-            failure = Failure.MEMORY
-            message = f"{message}, with memory at its limit ({size >> 10} of {limit >> 10} KiB)"
+        elif limit > 0:
+            size = self._instance.memory_size()
+            if size + max(limit // 8, WASM_PAGE) > limit:
+                # wasmtime does not say when it refused to grow a memory; a guest that
+                # fails this close to its limit most likely ran out.
+                failure = Failure.MEMORY
+                used = f"{human_size(size)} of {human_size(limit)}"
+                message = f"{message}, with memory at its limit ({used})"
         self._failure, self._message = failure, message
 
     def finish(self) -> Outcome:

@@ -89,7 +89,7 @@ def test_compiled_modules_come_from_the_cache_the_second_time(tmp_path):
     first = Engine(tmp_path / "cache").load(source)
     restarted = Engine(tmp_path / "cache")
     second = restarted.load(source)
-    assert (first.from_cache, second.from_cache) == (False, True)
+    assert (first.how, second.how) == ("compiled", "cached")
     assert run(restarted.link(second.module, "g")).stdout == b"cached"
 
 
@@ -101,7 +101,7 @@ def test_a_corrupt_cache_entry_is_replaced(tmp_path):
     (entry,) = (tmp_path / "cache").rglob("*.cwasm")
     entry.write_bytes(b"garbage")
     reloaded = Engine(tmp_path / "cache").load(source)
-    assert not reloaded.from_cache
+    assert reloaded.how == "compiled"
     assert entry.read_bytes() != b"garbage"
 
 
