@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from . import cgi, metrics
 from .config import MAX_HEAD_SIZE, Limits, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
-from .loader import Handler, LoadedApp
+from .loader import ComponentRuntime, Handler, LoadedApp
 from .metrics import Metrics
 from .proxy import Forwarded, TrustedProxies
 from .routing import (
@@ -69,6 +68,17 @@ REASONS = {413: "Content Too Large"}
 
 class BodyTooLarge(Exception):
     """The request body is bigger than the component accepts."""
+
+
+class Refused(Exception):
+    """A limit turned the request away: answer `status` and count it as `kind`."""
+
+    def __init__(self, status: int, reason: str, kind: str, retry: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.kind = kind
+        self.retry = retry  # the client may try again soon (Retry-After)
 
 
 class Gateway:
@@ -341,21 +351,12 @@ class Gateway:
                 handler.problem,
             )
             return await _respond(send, request_id, 500), 0, 0.0
-        refuse = functools.partial(self._refuse, send, request_id, handler)
-        if head.body_length > limits.max_body_size:
-            return await refuse(413, _too_large(limits), "body"), 0, 0.0
         try:
-            body = await self._receive_body(receive, head, limits.max_body_size)
-        except TimeoutError:
-            return await refuse(408, "the body did not arrive in time", "slow_body"), 0, 0.0
-        except BodyTooLarge:
-            return await refuse(413, _too_large(limits), "body"), 0, 0.0
+            body = await self._admit(receive, head, component)
+        except Refused as refusal:
+            return await self._refuse(send, request_id, handler, refusal), 0, 0.0
         if body is None:
             return 499, 0, 0.0  # the client went away
-        admission = component.admission
-        if not admission.try_enter() and not await admission.enter():
-            reason = f"too many requests for {component.id}"
-            return await refuse(503, reason, "concurrency", retry=True), 0, 0.0
         try:
             outcome = await self.executor.run(
                 component.pool,
@@ -364,10 +365,31 @@ class Gateway:
                 limits,
             )
         finally:
-            admission.leave()
+            component.admission.leave()
         self.metrics.guest(component.id, outcome.seconds)
         status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
         return status, sent, outcome.seconds
+
+    async def _admit(
+        self, receive: Receive, head: RequestHead, component: ComponentRuntime
+    ) -> bytes | None:
+        """The request body and a slot to run the guest in; None if the client went away.
+
+        Raises Refused when a limit turns the request away.
+        """
+        limits = component.limits
+        if head.body_length > limits.max_body_size:
+            raise Refused(413, _too_large(limits), "body")
+        try:
+            body = await self._receive_body(receive, head, limits.max_body_size)
+        except TimeoutError:
+            raise Refused(408, "the body did not arrive in time", "slow_body") from None
+        except BodyTooLarge:
+            raise Refused(413, _too_large(limits), "body") from None
+        admission = component.admission
+        if body is not None and not admission.try_enter() and not await admission.enter():
+            raise Refused(503, f"too many requests for {component.id}", "concurrency", retry=True)
+        return body
 
     async def _receive_body(self, receive: Receive, head: RequestHead, limit: int) -> bytes | None:
         """The request body within the client timeout, or None if the client went away."""
@@ -379,27 +401,20 @@ class Gateway:
             return await _read_body(receive, limit)
 
     def _refuse(
-        self,
-        send: Send,
-        request_id: str,
-        handler: Handler,
-        status: int,
-        reason: str,
-        kind: str,
-        retry: bool = False,
+        self, send: Send, request_id: str, handler: Handler, refusal: Refused
     ) -> Awaitable[int]:
         """Answer a request a limit turned away, and count and log it."""
         component_id = handler.component.id
-        self.metrics.limit(component_id, kind)
+        self.metrics.limit(component_id, refusal.kind)
         log.warning(
             "%s: %d, component %s, route %s: %s",
             request_id,
-            status,
+            refusal.status,
             component_id,
             handler.pattern.text,
-            reason,
+            refusal.reason,
         )
-        return _respond(send, request_id, status, reason, retry=retry)
+        return _respond(send, request_id, refusal.status, refusal.reason, retry=refusal.retry)
 
     def _invocation(
         self, scope: Scope, target: RequestPath, match: Match, handler: Handler, body: bytes

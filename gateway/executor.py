@@ -52,15 +52,20 @@ class Executor:
     ) -> Outcome:
         """Run one request's guest within `limits`; return what it produced."""
         started = time.monotonic()
-        outcome = await self._run(pool, entrypoint, invocation, limits)
+        deadline = started + limits.request_timeout
+        outcome = await self._run(pool, entrypoint, invocation, limits, deadline)
         outcome.seconds = time.monotonic() - started
         return outcome
 
     async def _run(
-        self, pool: InstancePool, entrypoint: str, invocation: Invocation, limits: Limits
+        self,
+        pool: InstancePool,
+        entrypoint: str,
+        invocation: Invocation,
+        limits: Limits,
+        deadline: float,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + limits.request_timeout
         try:
             instance = pool.take()
         except LoadError as error:
@@ -78,8 +83,8 @@ class Executor:
         future = loop.create_future()
         self._calls.put((call, loop, future, deadline, limits.request_timeout))
         try:
-            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                return await asyncio.shield(future)
+            async with asyncio.timeout(deadline - time.monotonic()):
+                return await future
         except TimeoutError:
             # The worker thread drops the guest as soon as it has it back.
             return _timed_out(limits.request_timeout)
