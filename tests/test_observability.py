@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from types import SimpleNamespace
 
 import httpx
@@ -79,7 +78,7 @@ def test_json_logs_carry_the_access_fields_and_tag_guest_stderr(serve, tmp_path)
     server = serve("-c", str(app(tmp_path)), "--log-format", "json")
     response = httpx.get(f"{server.url}/hi", timeout=10)
     request_id = response.headers["x-request-id"]
-    time.sleep(0.2)
+    wait_for_log(server, '"logger": "wagi.access"')  # written after the stderr record
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     access = next(r for r in records if r["logger"] == "wagi.access")
@@ -104,7 +103,7 @@ def test_json_logs_carry_the_access_fields_and_tag_guest_stderr(serve, tmp_path)
 def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
     server = serve("-c", str(app(tmp_path)))
     request_id = httpx.get(f"{server.url}/hi", timeout=10).headers["x-request-id"]
-    time.sleep(0.2)
+    wait_for_log(server, f"{request_id} GET /hi")
     line = next(
         line for line in server.log().splitlines() if "wagi.access" in line and request_id in line
     )

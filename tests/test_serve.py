@@ -13,7 +13,17 @@ import httpx
 import pytest
 import trustme
 
-from conftest import ROOT, cgi_guest, env_section, get, run_wagi, spin_toml, wat_string
+from conftest import (
+    ROOT,
+    cgi_guest,
+    env_section,
+    get,
+    run_wagi,
+    spin_toml,
+    wait_for_log,
+    wait_until,
+    wat_string,
+)
 
 # ------------------------------------------------------------------- the example app
 
@@ -199,9 +209,11 @@ def test_guest_failures_get_honest_statuses_and_log_lines(guests, path, status, 
     assert (response.status_code, response.text) == (status, body)
     request_id = response.headers["x-request-id"]
     if logged:
-        time.sleep(0.1)
-        lines = [line for line in guests.log().splitlines() if request_id in line]
-        assert any(logged in line for line in lines), guests.log()
+
+        def logged_with_id() -> bool:
+            return any(logged in line for line in guests.log().splitlines() if request_id in line)
+
+        wait_until(logged_with_id, f"{logged!r} logged for {request_id}")
         assert "Traceback" not in guests.log()
 
 
@@ -213,8 +225,7 @@ def test_stderr_goes_to_the_component_log_and_the_gateway_log(guests, tmp_path):
         f"{request_id} a warning",
         f"{request_id} second line",
     ]
-    time.sleep(0.1)
-    assert f"[ok {request_id}] a warning" in guests.log()
+    wait_for_log(guests, f"[ok {request_id}] a warning")
 
 
 def test_a_slow_guest_does_not_block_other_requests(serve, tmp_path):
