@@ -5,8 +5,8 @@
 Loads the benchmark's modules (hello, env, page) into a gateway, then calls its ASGI
 app directly with a ready-made GET scope, so what is measured is routing, the CGI
 environment, the pool, the guest and the response parsing: everything but hypercorn
-and h11. `--profile` prints cProfile's top functions for hello (profiling makes
-everything about twice as slow; read it for proportions only). `--replay` replays each
+and h11. `--profile` prints cProfile's top functions for hello (profiling slows every
+call down; read it for proportions only). `--replay` replays each
 guest's first outcome instead of running it (as target D of bench/run.py does), which
 leaves the gateway's Python around the guest.
 """

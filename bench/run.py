@@ -9,7 +9,7 @@ even where absolute numbers are not (these machines are shared and noisy).
 
 Targets, all behind the same hypercorn configuration:
   A  the gateway (`wagi serve`), with the modules hello (WAT), env (C) and page (C:
-     SHA-256 of the body and a 10 KB page)
+     SHA-256 of the body and an 11 KB page)
   B  a plain ASGI app returning hello's bytes (bench/baselines.py): the ceiling
   C  classic CGI: a `wasmtime run hello.wasm` process per request (bench/baselines.py)
   D  a diagnostic, 1 worker: the gateway with each guest's first outcome replayed
@@ -266,7 +266,7 @@ def compile_bytecode() -> None:
     """Compile the gateway's modules to bytecode, as `pip install` does for an installed
     package. An editable install (this benchmark's) only writes bytecode at its first
     import, and not at all under PYTHONDONTWRITEBYTECODE=1, which would make every start
-    compile the gateway's source again (~35 ms here)."""
+    compile the gateway's source again (see docs/performance.md, Cold start)."""
     compileall.compile_dir(ROOT / "gateway", quiet=1)
 
 
