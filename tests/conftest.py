@@ -259,18 +259,21 @@ def sleeper(seconds: float, says: bytes = b"slept") -> str:
 
 
 def spin_toml(routes: dict[str, str], extra: str = "") -> str:
-    """spin.toml text with a component per route; component NAME runs `NAME.wat`.
+    """spin.toml text with a component per route: route -> NAME runs `NAME.wat`, and
+    route -> FILE (with a suffix, e.g. `env.wasm`) runs FILE as component `env`.
 
     `extra` is appended: new tables, or keys that continue the last component's table.
     """
+    sources = {Path(value).stem: value if "." in value else f"{value}.wat"
+               for value in routes.values()}  # fmt: skip
     text = 'spin_manifest_version = 2\n[application]\nname = "app"\n'
-    for route, name in routes.items():
+    for route, value in routes.items():
         text += (
-            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{name}"\n'
+            f'[[trigger.http]]\nroute = "{route}"\ncomponent = "{Path(value).stem}"\n'
             'executor = { type = "wagi" }\n'
         )
-    for name in dict.fromkeys(routes.values()):
-        text += f'[component.{name}]\nsource = "{name}.wat"\n'
+    for name, source in sources.items():
+        text += f'[component.{name}]\nsource = "{source}"\n'
     return text + extra
 
 

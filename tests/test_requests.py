@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import textwrap
 import time
 
 import httpx
 import pytest
 
-from conftest import ROOT, Server, cgi_guest
+from conftest import ROOT, Server, cgi_guest, spin_toml
 from gateway.app import RequestHead
 
 
@@ -25,32 +24,8 @@ def target(tmp_path_factory, c_guest, example_apps):
     (folder / "public").mkdir()
     (folder / "public" / "ok.txt").write_text("visible")
     (folder / "secret.txt").write_text("invisible")
-    (folder / "spin.toml").write_text(
-        textwrap.dedent("""
-        spin_manifest_version = 2
-        [application]
-        name = "requests"
-        [[trigger.http]]
-        route = "/env/..."
-        component = "env"
-        executor = { type = "wagi" }
-        [[trigger.http]]
-        route = "/noisy"
-        component = "noisy"
-        executor = { type = "wagi" }
-        [[trigger.http]]
-        route = "/files"
-        component = "files"
-        executor = { type = "wagi" }
-        [component.env]
-        source = "env.wasm"
-        [component.noisy]
-        source = "noisy.wat"
-        [component.files]
-        source = "files.wasm"
-        files = ["public/*"]
-    """)
-    )
+    routes = {"/env/...": "env.wasm", "/noisy": "noisy.wat", "/files": "files.wasm"}
+    (folder / "spin.toml").write_text(spin_toml(routes, 'files = ["public/*"]\n'))
     server = Server(
         [
             "-c",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -303,19 +302,11 @@ def test_files_patterns_and_volumes_are_mounted_read_only(serve, tmp_path, c_gue
     (app / "secret.txt").write_text("not for guests")
     (app / "files.wasm").write_bytes(c_guest("files").read_bytes())
     (app / "spin.toml").write_text(
-        textwrap.dedent("""
-        spin_manifest_version = 2
-        [application]
-        name = "files"
-        [[trigger.http]]
-        route = "/..."
-        component = "files"
-        executor = { type = "wagi" }
-        [component.files]
-        source = "files.wasm"
-        files = ["public/**/*", { source = "data", destination = "/mnt/data" }]
-        exclude_files = ["public/*.key"]
-    """)
+        spin_toml(
+            {"/...": "files.wasm"},
+            'files = ["public/**/*", { source = "data", destination = "/mnt/data" }]\n'
+            'exclude_files = ["public/*.key"]\n',
+        )
     )
     server = serve("-c", str(app / "spin.toml"))
 
