@@ -12,14 +12,23 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+# A request waits this long, at most, for a free slot of its component (then 503).
+QUEUE_TIMEOUT = 1.0
+# And at most this many requests per slot wait at once (then 503 at once). A burst of
+# fast requests must queue rather than be refused: a guest that was descheduled
+# mid-slice holds its slot from a worker thread for a moment, and under load on a
+# busy machine several do. The time limit above is what bounds the wait.
+QUEUE_PER_SLOT = 16
+
 
 class Admission:
-    """Up to `capacity` holders at once; up to `queue_size` more wait `queue_timeout`."""
+    """Up to `capacity` holders at once; up to QUEUE_PER_SLOT more per slot wait, each
+    for QUEUE_TIMEOUT at most."""
 
-    def __init__(self, capacity: int, queue_size: int, queue_timeout: float) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.queue_size = queue_size
-        self.queue_timeout = queue_timeout
+        self.queue_size = capacity * QUEUE_PER_SLOT
+        self.queue_timeout = QUEUE_TIMEOUT
         self.running = 0
         self._waiting: deque[asyncio.Future] = deque()
 

@@ -97,7 +97,6 @@ class Gateway:
         # Tasks to run, once the app is loaded, for as long as it serves.
         self.background: list[Callable[[], Awaitable[None]]] = []
         self.loaded: LoadedApp | None = None
-        self.version = 0
         self.load_error: Exception | None = None
         self.draining = False
         self._stop = asyncio.Event()
@@ -111,6 +110,11 @@ class Gateway:
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    @property
+    def version(self) -> int:
+        """The number of the version being served (0 before the first)."""
+        return self.loaded.version if self.loaded is not None else 0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -156,8 +160,7 @@ class Gateway:
 
     def _install(self, loaded: LoadedApp) -> None:
         """Make `loaded` the version new requests use; the old one retires."""
-        self.version += 1
-        loaded.version = self.version
+        loaded.version = self.version + 1
         old, self.loaded = self.loaded, loaded
         self.metrics.loaded(loaded)
         if old is not None:

@@ -136,14 +136,6 @@ class Limits:
     # threads, so that one slow component leaves the other half to the rest.
     max_concurrency: int = field(default_factory=lambda: 2 * (os.cpu_count() or 2))
 
-    # A request waits this long, at most, for a free slot of its component (then 503).
-    QUEUE_TIMEOUT = 1.0
-    # And at most this many requests per slot wait at once (then 503 at once). A burst of
-    # fast requests must queue rather than be refused: a guest that was descheduled
-    # mid-slice holds its slot from a worker thread for a moment, and under load on a
-    # busy machine several do. The time limit above is what bounds the wait.
-    QUEUE_PER_SLOT = 16
-
     def merged(self, overrides: dict[str, object]) -> Limits:
         """These limits with a component's own values in place."""
         return dataclasses.replace(self, **overrides)

@@ -242,8 +242,7 @@ def _prepare(
     except LoadError as error:
         raise LoadError(f"component `{component.id}`: {error}", component.origin) from None
     log.info("component %s: %d instances ready", component.id, pool_size)
-    capacity = limits.max_concurrency
-    admission = Admission(capacity, capacity * Limits.QUEUE_PER_SLOT, Limits.QUEUE_TIMEOUT)
+    admission = Admission(limits.max_concurrency)
     staged = StagedFiles(component) if component.files else None
     env = dict(environment)
     env.update(component.environment)

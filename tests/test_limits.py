@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import SPIN, Server, cgi_guest, run_wagi, sleeper, spin_toml, wait_until
-from gateway.config import Limits
+from gateway.admission import QUEUE_PER_SLOT
 
 WRITE = (
     '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
@@ -166,7 +166,7 @@ def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp
         'request_timeout = 3\n\n[[module]]\nroute = "/hello"\nmodule = "hello.wat"\n'
     )
     server = serve("-c", str(tmp_path / "modules.toml"))
-    queue_size = Limits.QUEUE_PER_SLOT  # per slot, and this component has one
+    queue_size = QUEUE_PER_SLOT  # per slot, and this component has one
     with concurrent.futures.ThreadPoolExecutor(1 + queue_size) as threads:
         first = threads.submit(httpx.get, f"{server.url}/slow", timeout=30)
         time.sleep(0.3)  # let the first one take the only slot
