@@ -267,7 +267,7 @@ class Program:
             output_limit=limits.max_output_size,
         )  # fmt: skip
         ticker = EpochTicker(self.engine.address, self.engine.settings.epoch_tick)
-        ticker.guest_started()
+        ticker.thread_started()
         try:
             timeout = limits.request_timeout
             return call.run_to_end(time.monotonic() + timeout, timeout)

@@ -35,9 +35,8 @@ class Executor:
 
     def __init__(self, engine: Engine, threads: int) -> None:
         settings = engine.settings
-        self._first_slice = settings.inline_ticks
         self._slice = settings.check_ticks
-        self.ticker = EpochTicker(engine.address, settings.epoch_tick)
+        self.ticker = EpochTicker(engine.address, settings.epoch_tick, settings.inline_ticks)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._threads = [
@@ -71,15 +70,21 @@ class Executor:
         except LoadError as error:
             return Outcome(b"", b"", failure=Failure.START, error=str(error))
         pool.refill_soon(loop)
-        call = instance.start(
-            entrypoint, invocation, self._first_slice, self._slice, limits.max_output_size
-        )
-        if not self.ticker.armed:
-            loop.call_later(EpochTicker.LINGER, self._disarm_when_idle, loop)
-        self.ticker.guest_started()
-        if not pool.program.may_block and call.poll():
-            self.ticker.guest_stopped()
-            return call.finish()
+        output_limit = limits.max_output_size
+        if pool.program.may_block:
+            call = instance.start(entrypoint, invocation, self._slice, self._slice, output_limit)
+        else:
+            first_slice = self.ticker.inline_started()
+            try:
+                call = instance.start(
+                    entrypoint, invocation, first_slice, self._slice, output_limit
+                )
+                done = call.poll()
+            finally:
+                self.ticker.inline_stopped()
+            if done:
+                return call.finish()
+        self.ticker.thread_started()
         future = loop.create_future()
         self._calls.put((call, loop, future, deadline, limits.request_timeout))
         try:
@@ -98,14 +103,10 @@ class Executor:
             try:
                 outcome = call.run_to_end(deadline, timeout, self._stopped)
             finally:
-                self.ticker.guest_stopped()
+                self.ticker.thread_stopped()
             # If the loop has closed, nobody is waiting for this answer any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
-
-    def _disarm_when_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.ticker.disarm_if_idle():
-            loop.call_later(EpochTicker.LINGER, self._disarm_when_idle, loop)
 
     def close(self) -> None:
         """Stop the threads; guests still running are dropped."""

@@ -7,10 +7,8 @@ more than the guests do. On Linux the ticks come from a POSIX timer that calls
 `void (*)(union sigval)` function, and a `union sigval` holding a pointer is passed
 exactly like that pointer. No Python runs for a tick.
 
-The timer is armed when a guest starts and disarmed once no guest has run for a while
-(`disarm_if_idle`, called from the event loop), so an idle gateway does no work at all;
-arming per request would cost two timer syscalls each. Where there are no POSIX timers,
-a Python thread ticks instead.
+The timer runs only while guests do (see `EpochTicker`), so an idle gateway does no
+work at all. Where there are no POSIX timers, a Python thread ticks instead.
 """
 
 from __future__ import annotations
@@ -55,24 +53,30 @@ class _ITimerSpec(Structure):
 
 
 class EpochTicker:
-    """Ticks an engine's epoch every `interval` seconds while guests are running."""
+    """Ticks an engine's epoch, only while guests run, as cheaply as each case allows.
 
-    # How long the ticker keeps ticking after the last guest, so that steady traffic
-    # does not arm and disarm it for every request.
-    LINGER = 0.1
+    A guest starting on the event loop gets one tick, `inline_ticks` ticks away, from a
+    one-shot timer that is disarmed when the guest returns; most return long before, so
+    they cost two `timer_settime` calls and no tick. Guests on worker threads need
+    steady ticks: the timer runs periodically from the first such guest to the last.
+    Each tick of a POSIX timer costs a thread in glibc (`SIGEV_THREAD` starts one per
+    expiration), so ticks nobody waits for are not made.
+    """
 
-    def __init__(self, engine_address: int, interval: float) -> None:
+    def __init__(self, engine_address: int, interval: float, inline_ticks: int = 2) -> None:
         self._engine_address = engine_address
         self._interval = interval
-        self._running = 0
-        self._last_stop = 0.0
-        self.armed = False
+        self._inline_ticks = inline_ticks
+        self._threads = 0  # guests running on worker threads
+        self._inline = False  # a guest is running on the event loop
+        self._mode = _STOPPED
         self._lock = threading.Lock()
         self._timer = _posix_timer(engine_address)
-        seconds, fraction = divmod(interval, 1)
-        period = _TimeSpec(int(seconds), int(fraction * 1e9))
-        self._periodic = _ITimerSpec(period, period)
-        self._stopped = _ITimerSpec()
+        self._specs = {
+            _STOPPED: _ITimerSpec(),
+            _ONCE: _ITimerSpec(_TimeSpec(), _timespec(interval * inline_ticks)),
+            _PERIODIC: _ITimerSpec(_timespec(interval), _timespec(interval)),
+        }
         self._ticking = threading.Event()
         self._closed = False
         if self._timer is None:
@@ -80,38 +84,54 @@ class EpochTicker:
             thread.start()
         atexit.register(self.close)  # no tick may reach an engine that is gone
 
-    def guest_started(self) -> None:
-        """A guest starts running: make sure the epoch advances."""
+    def inline_started(self) -> int:
+        """A guest starts on the event loop: the ticks its first slice may run."""
         with self._lock:
-            self._running += 1
-            if not self.armed:
-                self._arm(True)
+            self._inline = True
+            if self._mode == _PERIODIC:
+                return self._inline_ticks  # 1 to `inline_ticks` intervals, as they fall
+            self._arm(_ONCE)
+            return 1
 
-    def guest_stopped(self) -> None:
-        """A guest stopped running."""
+    def inline_stopped(self) -> None:
+        """The event loop's guest finished, or yielded to go on on a worker thread."""
         with self._lock:
-            self._running -= 1
-            self._last_stop = time.monotonic()
+            self._inline = False
+            if not self._threads:
+                self._arm(_STOPPED)
 
-    def disarm_if_idle(self) -> bool:
-        """Stop ticking if no guest has run for a while; True once disarmed."""
+    def thread_started(self) -> None:
+        """A guest runs (or goes on) on a worker thread: tick steadily until it stops."""
         with self._lock:
-            idle = time.monotonic() - self._last_stop >= self.LINGER
-            if self.armed and not self._running and idle:
-                self._arm(False)
-            return not self.armed
+            self._threads += 1
+            if self._mode != _PERIODIC:
+                self._arm(_PERIODIC)
 
-    def _arm(self, on: bool) -> None:
+    def thread_stopped(self) -> None:
+        """A worker thread's guest stopped running."""
+        with self._lock:
+            self._threads -= 1
+            if not self._threads and not self._inline:
+                self._arm(_STOPPED)
+
+    @property
+    def ticking(self) -> bool:
+        """Whether a tick is due: some guest is running."""
+        return self._mode != _STOPPED
+
+    def _arm(self, mode: int) -> None:
         if self._closed:
             return
-        self.armed = on
+        self._mode = mode
         if self._timer is None:
-            (self._ticking.set if on else self._ticking.clear)()
+            (self._ticking.clear if mode == _STOPPED else self._ticking.set)()
         else:
-            spec = self._periodic if on else self._stopped
-            _libc.timer_settime(self._timer, 0, byref(spec), None)
+            _libc.timer_settime(self._timer, 0, byref(self._specs[mode]), None)
 
     def _tick_in_python(self) -> None:
+        # Without POSIX timers a one-shot is ticked like a periodic timer: the slice is
+        # then 0 to 1 interval instead of `inline_ticks`, which only moves guests to
+        # threads sooner.
         while not self._closed:
             self._ticking.wait()
             while self._ticking.is_set() and not self._closed:
@@ -128,6 +148,14 @@ class EpochTicker:
             if self._timer is not None:
                 _libc.timer_delete(self._timer)
             self._ticking.set()
+
+
+_STOPPED, _ONCE, _PERIODIC = 0, 1, 2
+
+
+def _timespec(seconds: float) -> _TimeSpec:
+    whole, fraction = divmod(seconds, 1)
+    return _TimeSpec(int(whole), int(fraction * 1e9))
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
