@@ -1,7 +1,9 @@
 """Two gateways behind nginx: one drains and restarts, the other loses a worker, then dies.
 
-Under steady load through nginx, not one request fails: a draining gateway finishes what
-it has, and nginx retries on the other gateway whatever a dead process never answered.
+Under steady load through nginx, no request fails that could have been saved: a draining
+gateway finishes what it has, and nginx retries on the other gateway whatever a dead
+process never answered. The one loss no server can avoid is a response a process was in
+the middle of writing when it was killed: nginx has passed its head on and cannot retry.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -59,13 +63,22 @@ http {{
 """
 
 
+class Failed(NamedTuple):
+    """A request that failed, and when (monotonic seconds)."""
+
+    at: float
+    what: str
+    # The response stopped after its head: its writer died in the middle of it.
+    cut_short: bool
+
+
 class Load:
     """Clients sending GETs through the balancer until stopped, tallying every answer."""
 
     def __init__(self, url: str, clients: int) -> None:
         self.url = url
         self.answers: Counter[str] = Counter()
-        self.failures: list[str] = []
+        self.failures: list[Failed] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
@@ -79,13 +92,16 @@ class Load:
                     self._one(client, path, expected)
 
     def _one(self, client: httpx.Client, path: str, expected: str) -> None:
+        failure = None
         try:
             response = client.get(path)
-            failure = None
             if response.status_code != 200 or response.text != expected:
-                failure = f"{path}: {response.status_code} {response.text[:80]!r}"
+                what = f"{path}: {response.status_code} {response.text[:80]!r}"
+                failure = Failed(time.monotonic(), what, False)
         except httpx.HTTPError as error:
-            failure = f"{path}: {type(error).__name__}: {error}"
+            cut_short = "without sending complete message body" in str(error)
+            what = f"{path}: {type(error).__name__}: {error}"
+            failure = Failed(time.monotonic(), what, cut_short)
         with self._lock:
             if failure:
                 self.failures.append(failure)
@@ -169,10 +185,13 @@ def served(server: Server) -> int:
     return log.count(" GET /slow 200 ") + log.count(" GET /hello 200 ")
 
 
-def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(gateways, balancer, app):
+def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(
+    gateways, balancer, app, tmp_path
+):
     first, second = gateways(app), gateways(app)
     url = balancer(first.port, second.port)
     load = Load(url, clients=8)
+    kills: list[float] = []
     try:
         wait_until(lambda: served(first) > 20 and served(second) > 20, "load reaches both")
 
@@ -190,12 +209,14 @@ def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(gateways, bal
         # 2. A worker of the second gateway dies hard; its sibling worker and the first
         #    gateway carry on, and the supervisor starts a new worker.
         victim, sibling = workers_of(second)
+        kills.append(time.monotonic())
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: "starting a new one" in second.log(), "the worker is replaced")
         assert sibling in workers_of(second)
         wait_until(lambda: len(workers_of(second)) == 2, "the new worker is running")
 
         # 3. The whole second gateway dies hard: everything goes to the first.
+        kills.append(time.monotonic())
         for pid in [*workers_of(second), second.process.pid]:
             os.kill(pid, signal.SIGKILL)
         second.process.wait(timeout=10)
@@ -204,7 +225,13 @@ def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(gateways, bal
     finally:
         load.stop()
 
-    assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:5]}"
+    # Only a response cut short by a hard kill, as it happened, may be lost: at most one
+    # per client.
+    lost = [f for f in load.failures if f.cut_short and any(0 <= f.at - k < 1 for k in kills)]
+    failed = [f.what for f in load.failures if f not in lost]
+    nginx_log = (tmp_path / "nginx" / "error.log").read_text()
+    assert failed == [], f"{len(failed)} failed: {failed[:5]}\nnginx's log:\n{nginx_log}"
+    assert len(lost) <= 8 * len(kills), [f.what for f in lost]
     assert load.answers["/slow"] > 100 and load.answers["/hello"] > 100
 
 
