@@ -113,11 +113,13 @@ def free_port() -> int:
 class Server:
     """A server process, started and waited for until `path` answers 200."""
 
-    def __init__(self, name: str, command: list[str], port: int, path: str) -> None:
+    def __init__(self, name: str, command: list[str], port: int, path: str,
+                 cwd: Path | None = None, env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.name = name
         self.port = port
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=cwd, env=env)  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
