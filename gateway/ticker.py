@@ -72,11 +72,11 @@ class EpochTicker:
         self._mode = _STOPPED
         self._lock = threading.Lock()
         self._timer = _posix_timer(engine_address)
-        self._specs = {
-            _STOPPED: _ITimerSpec(),
-            _ONCE: _ITimerSpec(_TimeSpec(), _timespec(interval * inline_ticks)),
-            _PERIODIC: _ITimerSpec(_timespec(interval), _timespec(interval)),
-        }
+        self._specs = [  # by mode, ready to pass
+            byref(_ITimerSpec()),
+            byref(_ITimerSpec(_TimeSpec(), _timespec(interval * inline_ticks))),
+            byref(_ITimerSpec(_timespec(interval), _timespec(interval))),
+        ]
         self._ticking = threading.Event()
         self._closed = False
         if self._timer is None:
@@ -126,7 +126,7 @@ class EpochTicker:
         if self._timer is None:
             (self._ticking.clear if mode == _STOPPED else self._ticking.set)()
         else:
-            _libc.timer_settime(self._timer, 0, byref(self._specs[mode]), None)
+            _libc.timer_settime(self._timer, 0, self._specs[mode], None)
 
     def _tick_in_python(self) -> None:
         # Without POSIX timers a one-shot is ticked like a periodic timer: the slice is
