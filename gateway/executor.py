@@ -2,8 +2,9 @@
 
 Most guests finish in well under a millisecond, and handing each request to a thread
 costs more than that in CPython (the GIL has to travel twice). So a guest starts right
-on the event loop, with an epoch deadline a tick or two away; if it is still running
-when the deadline comes, it yields, and a worker thread polls it from then on. A slow
+on the event loop, with an epoch deadline about two milliseconds away (see `ticker`);
+if it is still running when the deadline comes, it yields, and a worker thread polls it
+from then on. A slow
 guest thus holds up the event loop for at most one slice, and runs in parallel with
 everything else after that (wasm runs with the GIL released).
 
