@@ -178,7 +178,7 @@ class EngineSettings:
     copy_on_write: bool = True
     # Seconds between epoch ticks; guest time slices and deadlines count in ticks.
     epoch_tick: float = 0.001
-    # Ticks a guest may run on the event loop before it moves to a worker thread.
+    # Epoch intervals a guest may run on the event loop before it moves to a worker thread.
     inline_ticks: int = 2
     # Ticks between the checks a worker thread makes on a guest it runs (deadline, output).
     check_ticks: int = 10

@@ -455,6 +455,10 @@ class GuestCall:
         self._failure = Failure.START if problem else None
         self.done = problem is not None
 
+    def set_deadline(self, ticks: int) -> None:
+        """Make the guest yield `ticks` epoch ticks from now (next time it runs)."""
+        native.wasmtime_context_set_epoch_deadline(self._instance.context, ticks)
+
     def poll(self) -> bool:
         """Run the guest until it finishes (True) or yields at a deadline (False)."""
         while not self.done:

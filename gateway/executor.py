@@ -2,11 +2,11 @@
 
 Most guests finish in well under a millisecond, and handing each request to a thread
 costs more than that in CPython (the GIL has to travel twice). So a guest starts right
-on the event loop, with an epoch deadline about two milliseconds away (see `ticker`);
-if it is still running when the deadline comes, it yields, and a worker thread polls it
-from then on. A slow
-guest thus holds up the event loop for at most one slice, and runs in parallel with
-everything else after that (wasm runs with the GIL released).
+on the event loop, with an epoch deadline one slice away (`inline_ticks` epoch
+intervals: 2 ms; see `ticker`); if it is still running when the deadline comes, it
+yields, and a worker thread polls it from then on. A slow guest thus holds up the event
+loop for at most one slice, and runs in parallel with everything else after that (wasm
+runs with the GIL released).
 
 Epoch deadlines cannot interrupt a guest inside a host call. The only WASI call that
 can block for long is `poll_oneoff` (sleeping), so a module that imports it always runs
@@ -24,7 +24,7 @@ import threading
 import time
 
 from .config import Limits
-from .engine import Engine, Failure, Invocation, LoadError, Outcome, timeout_message
+from .engine import Engine, Failure, GuestCall, Invocation, LoadError, Outcome, timeout_message
 from .pool import InstancePool
 from .ticker import EpochTicker
 
@@ -74,18 +74,11 @@ class Executor:
         output_limit = limits.max_output_size
         if pool.program.may_block:
             call = instance.start(entrypoint, invocation, self._slice, self._slice, output_limit)
+            self.ticker.thread_started()
         else:
-            first_slice = self.ticker.inline_started()
-            try:
-                call = instance.start(
-                    entrypoint, invocation, first_slice, self._slice, output_limit
-                )
-                done = call.poll()
-            finally:
-                self.ticker.inline_stopped()
-            if done:
+            call = instance.start(entrypoint, invocation, 1, self._slice, output_limit)
+            if self._first_slice(call):
                 return call.finish()
-        self.ticker.thread_started()
         future = loop.create_future()
         self._calls.put((call, loop, future, deadline, limits.request_timeout))
         try:
@@ -95,6 +88,23 @@ class Executor:
             # The worker thread drops the guest as soon as it has it back.
             return _timed_out(limits.request_timeout)
 
+    def _first_slice(self, call: GuestCall) -> bool:
+        """Run `call` on the event loop until it returns (True) or its first slice ends
+        (False: it goes on off the loop, and the ticker ticks steadily for it)."""
+        # The guest's deadline (one tick ahead) is set before its tick is armed: a
+        # start slower than the slice (a large body to copy, say) would otherwise miss
+        # the tick, and the guest would run on the event loop unstopped.
+        ticks = self.ticker.inline_started()
+        try:
+            if ticks > 1:
+                call.set_deadline(ticks)
+            done = call.poll()
+            if not done:
+                self.ticker.thread_started()
+        finally:
+            self.ticker.inline_stopped()
+        return done
+
     def _worker(self) -> None:
         while True:
             item = self._calls.get()
@@ -103,6 +113,9 @@ class Executor:
             call, loop, future, deadline, timeout = item
             try:
                 outcome = call.run_to_end(deadline, timeout, self._stopped)
+            except Exception as error:  # a bug of ours: this thread must go on serving
+                log.exception("running a guest failed")
+                outcome = _dropped(call, error)
             finally:
                 self.ticker.thread_stopped()
             # If the loop has closed, nobody is waiting for this answer any more.
@@ -123,6 +136,14 @@ class Executor:
 
 def _timed_out(timeout: float) -> Outcome:
     return Outcome(b"", b"", failure=Failure.TIMEOUT, error=timeout_message(timeout))
+
+
+def _dropped(call: GuestCall, error: Exception) -> Outcome:
+    """The outcome of a call that failed in the gateway, dropped as well as it can be."""
+    message = f"the gateway failed to run the guest: {error}"
+    with contextlib.suppress(Exception):
+        return call.cancel(Failure.START, message)
+    return Outcome(b"", b"", failure=Failure.START, error=message)
 
 
 def _resolve(future: asyncio.Future, outcome: Outcome) -> None:

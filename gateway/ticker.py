@@ -55,19 +55,23 @@ class _ITimerSpec(Structure):
 class EpochTicker:
     """Ticks an engine's epoch, only while guests run, as cheaply as each case allows.
 
-    A guest starting on the event loop gets one tick, `inline_ticks` ticks away, from a
-    one-shot timer that is disarmed when the guest returns; most return long before, so
-    they cost two `timer_settime` calls and no tick. Guests on worker threads need
-    steady ticks: the timer runs periodically from the first such guest to the last.
-    Each tick of a POSIX timer costs a thread in glibc (`SIGEV_THREAD` starts one per
-    expiration), so ticks nobody waits for are not made.
+    A guest starting on the event loop gets one tick, `inline_ticks` intervals away,
+    from a one-shot timer that is disarmed when the guest returns; most return long
+    before, so they cost two `timer_settime` calls and no tick. Guests off the event
+    loop (on worker threads) need steady ticks: the timer runs periodically from the
+    first such guest to the last. Each tick of a POSIX timer costs a thread in glibc
+    (`SIGEV_THREAD` starts one per expiration), so ticks nobody waits for are not made.
+
+    One event loop uses a ticker: at most one guest runs on it at a time.
     """
 
     def __init__(self, engine_address: int, interval: float, inline_ticks: int = 2) -> None:
+        if interval <= 0 or inline_ticks < 1:
+            raise ValueError("the epoch interval must be positive, and inline_ticks >= 1")
         self._engine_address = engine_address
         self._interval = interval
         self._inline_ticks = inline_ticks
-        self._threads = 0  # guests running on worker threads
+        self._threads = 0  # guests running off the event loop
         self._inline = False  # a guest is running on the event loop
         self._mode = _STOPPED
         self._lock = threading.Lock()
@@ -85,30 +89,36 @@ class EpochTicker:
         atexit.register(self.close)  # no tick may reach an engine that is gone
 
     def inline_started(self) -> int:
-        """A guest starts on the event loop: the ticks its first slice may run."""
+        """A guest starts on the event loop, its epoch deadline set one tick ahead:
+        make that tick come. Returns how many ticks the guest may run instead, if the
+        caller wants to move its deadline out (more than one when the timer ticks
+        steadily anyway).
+
+        The deadline must be set before this call: it counts from the epoch when set,
+        and a tick made before that would not reach it.
+        """
         with self._lock:
+            if self._mode != _PERIODIC:
+                self._arm(_ONCE)
             self._inline = True
-            if self._mode == _PERIODIC:
-                return self._inline_ticks  # 1 to `inline_ticks` intervals, as they fall
-            self._arm(_ONCE)
-            return 1
+            return self._inline_ticks if self._mode == _PERIODIC else 1
 
     def inline_stopped(self) -> None:
-        """The event loop's guest finished, or yielded to go on on a worker thread."""
+        """The event loop's guest returned, or yielded and went on off the loop."""
         with self._lock:
             self._inline = False
             if not self._threads:
                 self._arm(_STOPPED)
 
     def thread_started(self) -> None:
-        """A guest runs (or goes on) on a worker thread: tick steadily until it stops."""
+        """A guest runs (or goes on) off the event loop: tick steadily until it stops."""
         with self._lock:
-            self._threads += 1
             if self._mode != _PERIODIC:
                 self._arm(_PERIODIC)
+            self._threads += 1
 
     def thread_stopped(self) -> None:
-        """A worker thread's guest stopped running."""
+        """A guest running off the event loop stopped."""
         with self._lock:
             self._threads -= 1
             if not self._threads and not self._inline:
@@ -119,24 +129,32 @@ class EpochTicker:
         """Whether a tick is due: some guest is running."""
         return self._mode != _STOPPED
 
+    def timer_setting(self) -> tuple[float, float]:
+        """The POSIX timer as the kernel has it: (seconds to its next expiration, its
+        period), both 0 when disarmed; for tests and diagnostics."""
+        if self._timer is None or self._closed:
+            return (0.0, 0.0)
+        setting = _ITimerSpec()
+        _libc.timer_gettime(self._timer, byref(setting))
+        return (_seconds(setting.it_value), _seconds(setting.it_interval))
+
     def _arm(self, mode: int) -> None:
         if self._closed:
             return
         self._mode = mode
         if self._timer is None:
             (self._ticking.clear if mode == _STOPPED else self._ticking.set)()
-        else:
-            _libc.timer_settime(self._timer, 0, self._specs[mode], None)
+        elif _libc.timer_settime(self._timer, 0, self._specs[mode], None) != 0:
+            log.error("timer_settime failed (errno %d)", ctypes.get_errno())
 
     def _tick_in_python(self) -> None:
-        # Without POSIX timers a one-shot is ticked like a periodic timer: the slice is
-        # then 0 to 1 interval instead of `inline_ticks`, which only moves guests to
-        # threads sooner.
+        # Without POSIX timers a one-shot ticks like a periodic timer, one interval
+        # after it is armed, then every interval.
         while not self._closed:
             self._ticking.wait()
-            while self._ticking.is_set() and not self._closed:
+            time.sleep(self._interval)
+            if self._ticking.is_set() and not self._closed:
                 native.wasmtime_engine_increment_epoch(self._engine_address)
-                time.sleep(self._interval)
 
     def close(self) -> None:
         """Stop ticking for good."""
@@ -144,6 +162,7 @@ class EpochTicker:
             if self._closed:
                 return
             self._closed = True
+            self._mode = _STOPPED
             atexit.unregister(self.close)
             if self._timer is not None:
                 _libc.timer_delete(self._timer)
@@ -158,6 +177,10 @@ def _timespec(seconds: float) -> _TimeSpec:
     return _TimeSpec(int(whole), int(fraction * 1e9))
 
 
+def _seconds(spec: _TimeSpec) -> float:
+    return spec.tv_sec + spec.tv_nsec / 1e9
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -169,6 +192,7 @@ def _posix_timer(engine_address: int) -> c_void_p | None:
     create.argtypes = [c_int, POINTER(_SigEvent), POINTER(c_void_p)]
     _libc.timer_settime.argtypes = [c_void_p, c_int, POINTER(_ITimerSpec), c_void_p]
     _libc.timer_delete.argtypes = [c_void_p]
+    _libc.timer_gettime.argtypes = [c_void_p, POINTER(_ITimerSpec)]
     event = _SigEvent()
     event.sigev_notify = _SIGEV_THREAD
     event.sigev_value.sival_ptr = engine_address
