@@ -39,9 +39,11 @@ def figures(text: str) -> dict[str, float]:
     if scaling:
         found["2w / 1w, hello"] = float(scaling.group(1))
         found["2w / 1w, plain ASGI"] = float(scaling.group(2))
-    cold = re.search(r"^\| hello \| (\d+) \| (\d+) \|$", text, re.MULTILINE)
+    cold = re.search(r"^\| hello \| (\d+) \| (\d+) \|(?: (\d+) \|)?$", text, re.MULTILINE)
     if cold:
         found["cold start, hello, warm cache, ms"] = float(cold.group(2))
+        if cold.group(3):  # timed beside the starts since 2026-11-25-g
+            found["cold start, hello, import floor, ms"] = float(cold.group(3))
     return found
 
 

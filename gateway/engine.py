@@ -295,6 +295,9 @@ class Program:
         return Instance(store, context, handle, self.is_reactor, memory_limit)
 
 
+SHUTTING_DOWN = "the gateway is shutting down"  # why a guest is cancelled
+
+
 def timeout_message(timeout: float) -> str:
     """What a guest stopped at its time limit is told, and the log says."""
     return f"ran longer than its limit of {timeout:g} s"
@@ -491,7 +494,7 @@ class GuestCall:
             if time.monotonic() > deadline:
                 return self.cancel(Failure.TIMEOUT, timeout_message(timeout))
             if stopped is not None and stopped.is_set():
-                return self.cancel(Failure.CANCELLED, "the gateway is shutting down")
+                return self.cancel(Failure.CANCELLED, SHUTTING_DOWN)
         return self.finish()
 
     def _collect_result(self) -> None:

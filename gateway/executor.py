@@ -24,7 +24,16 @@ import threading
 import time
 
 from .config import Limits
-from .engine import Engine, Failure, GuestCall, Invocation, LoadError, Outcome, timeout_message
+from .engine import (
+    SHUTTING_DOWN,
+    Engine,
+    Failure,
+    GuestCall,
+    Invocation,
+    LoadError,
+    Outcome,
+    timeout_message,
+)
 from .pool import InstancePool
 from .ticker import EpochTicker
 
@@ -66,6 +75,8 @@ class Executor:
         deadline: float,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
+        if self._stopped.is_set():  # the ticker is gone: no guest could be stopped
+            return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         try:
             instance = pool.take()
         except LoadError as error:

@@ -203,3 +203,10 @@ def test_a_failure_running_a_guest_on_a_thread_is_answered_and_the_thread_goes_o
         assert not executor.ticker.ticking
 
     asyncio.run(scenario())
+
+
+def test_a_guest_is_not_started_once_the_executor_is_closed(engine, pools):
+    executor = Executor(engine, threads=1)
+    executor.close()
+    outcome = asyncio.run(run(executor, pools["spin"]))
+    assert outcome.failure == Failure.CANCELLED and "shutting down" in outcome.error
