@@ -42,7 +42,7 @@ def figures(text: str) -> dict[str, float]:
     cold = re.search(r"^\| hello \| (\d+) \| (\d+) \|(?: (\d+) \|)?$", text, re.MULTILINE)
     if cold:
         found["cold start, hello, warm cache, ms"] = float(cold.group(2))
-        if cold.group(3):  # timed beside the starts since 2026-11-25-g
+        if cold.group(3):  # timed beside the starts since the run after 2026-11-25-g
             found["cold start, hello, import floor, ms"] = float(cold.group(3))
     return found
 
