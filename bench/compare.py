@@ -5,8 +5,8 @@
 For changes too small to see between separate runs of bench/run.py on a noisy machine.
 Both gateways start at once with the same settings; wrk loads them in turn, alternating
 which goes first, and the ratio (working tree / REVISION) is taken within each round.
-REVISION is checked out with `git worktree` under bench/out/ and runs on this
-environment's packages. Needs wrk, like bench/run.py.
+REVISION is checked out with `git worktree` under bench/out/ (removed afterwards) and
+runs on this environment's packages. Needs wrk, like bench/run.py.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def checkout(revision: str) -> tuple[Path, str]:
     """A worktree of `revision` under bench/out/, and its short commit id."""
     commit = git("rev-parse", "--short", f"{revision}^{{commit}}")
     tree = OUT / f"rev-{commit}"
-    if not tree.exists():
-        git("worktree", "add", "--detach", str(tree), commit)
+    if tree.exists():
+        git("worktree", "remove", "--force", str(tree))
+    git("worktree", "add", "--detach", str(tree), commit)
     return tree, commit
 
 
@@ -56,12 +57,11 @@ def compare(args: argparse.Namespace) -> str:
     routes = manifest(modules, args.modules, OUT / "compare.toml")
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-compare-"))
     first = f"/{args.modules[0]}"
-    servers = {
-        "old": start(f"revision {commit}", tree, routes, cache, args.workers, first),
-        "new": start("working tree", ROOT, routes, cache, args.workers, first),
-    }
+    servers: dict[str, Server] = {}
     runs: dict[tuple[str, str], list[Load]] = {}
     try:
+        servers["old"] = start(f"revision {commit}", tree, routes, cache, args.workers, first)
+        servers["new"] = start("working tree", ROOT, routes, cache, args.workers, first)
         targets = [(module, side) for module in args.modules for side in servers]
         for module, side in targets:  # warm up
             wrk(servers[side].url(f"/{module}"), 1, args.connections)
@@ -78,6 +78,7 @@ def compare(args: argparse.Namespace) -> str:
         for server in servers.values():
             server.stop()
         shutil.rmtree(cache, ignore_errors=True)
+        git("worktree", "remove", "--force", str(tree))
     return report(args, commit, runs, problems)
 
 
