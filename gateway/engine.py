@@ -127,7 +127,8 @@ class LoadedModule:
 
 
 class Engine:
-    """A tuned wasmtime engine, a WASI linker, and the compiled-module cache."""
+    """A tuned wasmtime engine, a WASI linker, the compiled-module cache, and the one
+    ticker that advances the engine's epoch for every guest it runs."""
 
     def __init__(self, cache_dir: Path | None, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
@@ -137,6 +138,12 @@ class Engine:
         stdio.install(self.linker)
         self.cache = ModuleCache(cache_dir, self.fingerprint())
         self.address = native.address(self.wasmtime)
+        settings = self.settings
+        self.ticker = EpochTicker(self.address, settings.epoch_tick, settings.inline_ticks)
+
+    def close(self) -> None:
+        """Stop the epoch ticker for good (at exit it stops by itself)."""
+        self.ticker.close()
 
     def fingerprint(self) -> str:
         """Identifies the wasmtime build and the settings that compiled code depends on.
@@ -266,13 +273,13 @@ class Program:
             entrypoint, invocation, first_slice=1, slice_ticks=1,
             output_limit=limits.max_output_size,
         )  # fmt: skip
-        ticker = EpochTicker(self.engine.address, self.engine.settings.epoch_tick)
+        ticker = self.engine.ticker
         ticker.thread_started()
         try:
             timeout = limits.request_timeout
             return call.run_to_end(time.monotonic() + timeout, timeout)
         finally:
-            ticker.close()
+            ticker.thread_stopped()
 
     def instantiate(self, memory_limit: int = -1) -> Instance:
         """A fresh store and instance; WASI is attached later, per request.

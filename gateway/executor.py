@@ -35,18 +35,17 @@ from .engine import (
     timeout_message,
 )
 from .pool import InstancePool
-from .ticker import EpochTicker
 
 log = logging.getLogger("wagi.executor")
 
 
 class Executor:
-    """Runs guest calls; owns the epoch ticker and the worker threads."""
+    """Runs guest calls: first on the event loop, then on its worker threads."""
 
     def __init__(self, engine: Engine, threads: int) -> None:
         settings = engine.settings
         self._slice = settings.check_ticks
-        self.ticker = EpochTicker(engine.address, settings.epoch_tick, settings.inline_ticks)
+        self.ticker = engine.ticker
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._threads = [
@@ -75,7 +74,7 @@ class Executor:
         deadline: float,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
-        if self._stopped.is_set():  # the ticker is gone: no guest could be stopped
+        if self._stopped.is_set():  # no worker thread would take a guest that runs long
             return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         try:
             instance = pool.take()
@@ -142,7 +141,6 @@ class Executor:
         deadline = time.monotonic() + 2
         for thread in self._threads:
             thread.join(timeout=max(0, deadline - time.monotonic()))
-        self.ticker.close()
 
 
 def _timed_out(timeout: float) -> Outcome:

@@ -204,6 +204,7 @@ def run_module(
         return asyncio.run(_run(executor, program, entrypoint, invocation, _limits(limits)))
     finally:
         executor.close()
+        engine.close()
 
 
 async def _run(

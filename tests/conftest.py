@@ -186,9 +186,11 @@ def env_section(text: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
+def engine(tmp_path: Path) -> Iterator[Engine]:
     """A wasm engine with its compiled cache in the test's temporary folder."""
-    return Engine(tmp_path / "cache")
+    engine = Engine(tmp_path / "cache")
+    yield engine
+    engine.close()
 
 
 def run_wagi(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:

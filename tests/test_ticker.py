@@ -162,8 +162,11 @@ def test_a_guest_slow_to_start_still_gets_its_tick(engine, executor, pools, monk
     assert outcome.failure == Failure.TIMEOUT
 
 
-def test_without_posix_timers_a_python_thread_ticks(engine, pools, monkeypatch):
+def test_without_posix_timers_a_python_thread_ticks(tmp_path, monkeypatch):
     monkeypatch.setattr(ticker, "_posix_timer", lambda address: None)
+    engine = Engine(tmp_path / "cache")  # its ticker is made now, without a POSIX timer
+    pools = {name: InstancePool(program(engine, tmp_path, wat, name), 2, name)
+             for name, wat in (("fast", cgi_guest(b"fast")), ("spin", SPIN))}  # fmt: skip
     executor = Executor(engine, threads=2)
     moved = []
     to_thread = executor.ticker.thread_started
@@ -180,6 +183,9 @@ def test_without_posix_timers_a_python_thread_ticks(engine, pools, monkeypatch):
         assert not rescued and outcome.failure == Failure.TIMEOUT
     finally:
         executor.close()
+        for pool in pools.values():
+            pool.close()
+        engine.close()
 
 
 def test_a_failure_running_a_guest_on_a_thread_is_answered_and_the_thread_goes_on(
@@ -210,3 +216,21 @@ def test_a_guest_is_not_started_once_the_executor_is_closed(engine, pools):
     executor.close()
     outcome = asyncio.run(run(executor, pools["spin"]))
     assert outcome.failure == Failure.CANCELLED and "shutting down" in outcome.error
+
+
+def test_a_load_time_run_ticks_with_the_engines_ticker(engine, tmp_path):
+    """`_routes` probes at load run beside the executor's guests: one ticker per engine,
+    or the executor's guests would see ticks they did not ask for."""
+    spin = program(engine, tmp_path, SPIN, "spin")
+    outcomes = []
+    probe = threading.Thread(
+        target=lambda: outcomes.append(spin.run_once("_start", INVOCATION, Limits(0.3)))
+    )
+    probe.start()
+    wait = time.monotonic() + 5
+    while not engine.ticker.ticking and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert engine.ticker.timer_setting()[1] == pytest.approx(INTERVAL)  # periodic, for it
+    probe.join()
+    assert outcomes[0].failure == Failure.TIMEOUT
+    assert not engine.ticker.ticking
