@@ -28,7 +28,6 @@ class Admission:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.queue_size = capacity * QUEUE_PER_SLOT
-        self.queue_timeout = QUEUE_TIMEOUT
         self.running = 0
         self._waiting: deque[asyncio.Future] = deque()
 
@@ -48,7 +47,7 @@ class Admission:
         turn = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         try:
-            async with asyncio.timeout(self.queue_timeout):
+            async with asyncio.timeout(QUEUE_TIMEOUT):
                 await turn
             return True
         except TimeoutError:

@@ -23,7 +23,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from . import cgi, metrics
-from .config import MAX_HEAD_SIZE, Limits, Settings
+from .config import MAX_HEAD_SIZE, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import ComponentRuntime, Handler, LoadedApp
@@ -64,10 +64,6 @@ FAILURE_STATUS = {
 LIMIT_FAILURES = frozenset({Failure.TIMEOUT, Failure.MEMORY, Failure.OUTPUT})
 # RFC 9110's wording where Python's `HTTPStatus` still has the older one.
 REASONS = {413: "Content Too Large"}
-
-
-class BodyTooLarge(Exception):
-    """The request body is bigger than the component accepts."""
 
 
 class Refused(Exception):
@@ -346,13 +342,7 @@ class Gateway:
         component = handler.component
         limits = component.limits
         if handler.problem is not None:  # found at load: no guest could run
-            log.error(
-                "%s: 500, component %s, route %s: %s",
-                request_id,
-                component.id,
-                handler.pattern.text,
-                handler.problem,
-            )
+            _log_answer(logging.ERROR, request_id, 500, handler, handler.problem)
             return await _respond(send, request_id, 500), 0, 0.0
         try:
             body = await self._admit(receive, head, component)
@@ -380,17 +370,14 @@ class Gateway:
 
         Raises Refused when a limit turns the request away.
         """
-        limits = component.limits
-        if head.body_length > limits.max_body_size:
-            raise Refused(413, _too_large(limits), "body")
-        try:
-            body = await self._receive_body(receive, head, limits.max_body_size)
-        except TimeoutError:
-            raise Refused(408, "the body did not arrive in time", "slow_body") from None
-        except BodyTooLarge:
-            raise Refused(413, _too_large(limits), "body") from None
+        limit = component.limits.max_body_size
+        if head.body_length > limit:
+            raise _body_too_large(limit)
+        body = await self._receive_body(receive, head, limit)
+        if body is None:
+            return None
         admission = component.admission
-        if body is not None and not admission.try_enter() and not await admission.enter():
+        if not admission.try_enter() and not await admission.enter():
             raise Refused(503, f"too many requests for {component.id}", "concurrency", retry=True)
         return body
 
@@ -400,23 +387,18 @@ class Gateway:
             # HTTP/1 framing says there is none: the server queued the one empty message
             # with the request, and no client data is needed (hypercorn and h11 do so).
             return await _read_body(receive, limit)
-        async with asyncio.timeout(self.settings.client_timeout):
-            return await _read_body(receive, limit)
+        try:
+            async with asyncio.timeout(self.settings.client_timeout):
+                return await _read_body(receive, limit)
+        except TimeoutError:
+            raise Refused(408, "the body did not arrive in time", "slow_body") from None
 
     def _refuse(
         self, send: Send, request_id: str, handler: Handler, refusal: Refused
     ) -> Awaitable[int]:
         """Answer a request a limit turned away, and count and log it."""
-        component_id = handler.component.id
-        self.metrics.limit(component_id, refusal.kind)
-        log.warning(
-            "%s: %d, component %s, route %s: %s",
-            request_id,
-            refusal.status,
-            component_id,
-            handler.pattern.text,
-            refusal.reason,
-        )
+        self.metrics.limit(handler.component.id, refusal.kind)
+        _log_answer(logging.WARNING, request_id, refusal.status, handler, refusal.reason)
         return _respond(send, request_id, refusal.status, refusal.reason, retry=refusal.retry)
 
     def _invocation(
@@ -443,27 +425,13 @@ class Gateway:
             status = FAILURE_STATUS[outcome.failure]
             if outcome.failure in LIMIT_FAILURES:
                 self.metrics.limit(component.id, outcome.failure)
-            log.error(
-                "%s: %d, component %s, route %s: %s: %s",
-                request_id,
-                status,
-                component.id,
-                handler.pattern.text,
-                outcome.failure,
-                outcome.error,
-            )
+            reason = f"{outcome.failure}: {outcome.error}"
+            _log_answer(logging.ERROR, request_id, status, handler, reason)
             return await _respond(send, request_id, status), 0
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
-            log.error(
-                "%s: %d, component %s, route %s: %s",
-                request_id,
-                error.status,
-                component.id,
-                handler.pattern.text,
-                error.reason,
-            )
+            _log_answer(logging.ERROR, request_id, error.status, handler, error.reason)
             return await _respond(send, request_id, error.status), 0
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
         body = response.body
@@ -476,6 +444,19 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return response.status, len(body)
+
+
+def _log_answer(level: int, request_id: str, status: int, handler: Handler, reason: str) -> None:
+    """The one log line for a request the gateway answered itself, saying why."""
+    log.log(
+        level,
+        "%s: %d, component %s, route %s: %s",
+        request_id,
+        status,
+        handler.component.id,
+        handler.pattern.text,
+        reason,
+    )
 
 
 def _what_changed(loaded: LoadedApp, rebuilt: Sequence[str]) -> str:
@@ -590,8 +571,8 @@ class RequestHead(NamedTuple):
         return cls(request_id or os.urandom(8).hex(), size, body_length, may_have_body)
 
 
-def _too_large(limits: Limits) -> str:
-    return f"the body is larger than {limits.max_body_size} bytes"
+def _body_too_large(limit: int) -> Refused:
+    return Refused(413, f"the body is larger than {limit} bytes", "body")
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -605,7 +586,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise _body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

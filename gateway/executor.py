@@ -81,14 +81,15 @@ class Executor:
         except LoadError as error:
             return Outcome(b"", b"", failure=Failure.START, error=str(error))
         pool.refill_soon(loop)
-        output_limit = limits.max_output_size
-        if pool.program.may_block:
-            call = instance.start(entrypoint, invocation, self._slice, self._slice, output_limit)
+        may_block = pool.program.may_block  # then straight to a thread (see above)
+        first_slice = self._slice if may_block else 1
+        call = instance.start(
+            entrypoint, invocation, first_slice, self._slice, limits.max_output_size
+        )
+        if may_block:
             self.ticker.thread_started()
-        else:
-            call = instance.start(entrypoint, invocation, 1, self._slice, output_limit)
-            if self._first_slice(call):
-                return call.finish()
+        elif self._first_slice(call):
+            return call.finish()
         future = loop.create_future()
         self._calls.put((call, loop, future, deadline, limits.request_timeout))
         try:

@@ -121,9 +121,10 @@ class Route(Generic[Target]):
     target: Target
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 4x
 class Match(Generic[Target]):
-    """A request path matched to a route, split the CGI way."""
+    """A request path matched to a route, split the CGI way (read only: exact routes
+    share theirs)."""
 
     route: Route[Target] | None
     script_name: str
