@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .config import ConfigError
@@ -24,7 +23,6 @@ class BuildError(Exception):
             f"building component `{component}` failed: `{command}` exited with status {exit_code}"
         )
         self.component = component
-        self.command = command
         self.exit_code = exit_code
         self.output = output  # what the command printed, when it was captured
 
@@ -86,6 +84,7 @@ def build_component(
             env=env,
             capture_output=capture,
             text=True,
+            errors="replace",  # a compiler's output need not be UTF-8
             check=False,
         )
         if completed.returncode != 0:
@@ -97,46 +96,23 @@ def build_component(
 
 
 def watches(build: Build, path: Path) -> bool:
-    """Whether a `build.watch` pattern matches `path`, the way `Path.glob` would find it:
-    `**` is any number of folders (none included), `*` and `?` stay within one name."""
-    try:
-        relative = path.resolve().relative_to(build.workdir.resolve()).as_posix()
-    except ValueError:
-        return False
-    return any(_glob_regex(pattern).fullmatch(relative) for pattern in build.watch)
+    """Whether a `build.watch` pattern matches `path`, as `Path.glob` from the workdir
+    finds files: `**` is any number of folders (none included), and each other name is
+    matched by `fnmatch` (`*`, `?` and `[...]` stay within one name)."""
+    parts = Path(os.path.relpath(path, build.workdir)).parts
+    return any(_matches(parts, _names(pattern)) for pattern in build.watch)
 
 
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    names = [name for name in pattern.split("/") if name not in ("", ".")]
-    parts = []
-    for index, name in enumerate(names):
-        last = index == len(names) - 1
-        if name == "**":
-            parts.append(".*" if last else "(?:[^/]+/)*")
-        else:
-            parts.append(_name_regex(name) + ("" if last else "/"))
-    return re.compile("".join(parts))
+def _names(pattern: str) -> tuple[str, ...]:
+    return tuple(name for name in pattern.split("/") if name not in ("", "."))
 
 
-def _name_regex(name: str) -> str:
-    regex, index = "", 0
-    while index < len(name):
-        char = name[index]
-        index += 1
-        if char == "*":
-            regex += "[^/]*"
-        elif char == "?":
-            regex += "[^/]"
-        elif char == "[" and "]" in name[index + 1 :]:
-            end = name.index("]", index + 1)
-            body = name[index:end]
-            body = body.replace("\\", "\\\\")
-            regex += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
-            index = end + 1
-        else:
-            regex += re.escape(char)
-    return regex
+def _matches(parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    if not names:
+        return not parts
+    if names[0] == "**":
+        return any(_matches(parts[skip:], names[1:]) for skip in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], names[0]) and _matches(parts[1:], names[1:])
 
 
 def is_up_to_date(component: Component) -> bool:
@@ -145,6 +121,8 @@ def is_up_to_date(component: Component) -> bool:
         return component.build is None
     built = component.source.stat().st_mtime
     for pattern in component.build.watch:
+        if _names(pattern)[-1:] == ("**",):
+            pattern += "/*"  # files too: Python 3.11's glob finds only folders for `**`
         for path in component.build.workdir.glob(pattern):
             if path.is_file() and path.stat().st_mtime > built:
                 return False

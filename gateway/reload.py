@@ -166,14 +166,7 @@ def _build(component: Component) -> bool:
     try:
         build_component(component, echo=log.debug, capture=True)
     except BuildError as error:
-        log.error(
-            "rebuilding %s failed: `%s` exited with status %d; the running "
-            "version stays live. Its output:\n%s",
-            component.id,
-            error.command,
-            error.exit_code,
-            error.output,
-        )
+        log.error("%s; the running version stays live. Its output:\n%s", error, error.output)
         return False
     log.info("rebuilt %s", component.id)
     return True

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from conftest import ROOT, cgi_guest, get, run_wagi, spin_toml, wait_for_log
-from gateway.build import watches
-from gateway.manifest import Build
+from gateway.build import is_up_to_date, watches
+from gateway.manifest import Build, load_manifest
 
 
 def says(text: str) -> str:
@@ -146,7 +146,7 @@ def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
     assert "rebuilt greet" in log
 
     write(app / "greeting.txt", "please break")
-    log = wait_for_log(server, "rebuilding greet failed")
+    log = wait_for_log(server, "building component `greet` failed")
     assert "cannot build: please break" in log  # the build's own output is shown
     assert "the running version stays live" in log
     assert get(server, "/greet").text == "hello v2"
@@ -194,11 +194,31 @@ def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
         ("assets/**", "assets/css/site.css", True),
         ("greeting.txt", "greeting.txt", True),
         ("greeting.txt", "../greeting.txt", False),  # outside the workdir
+        ("../shared/*.h", "../shared/common.h", True),  # unless the pattern goes there
+        ("lib/[!]]x", "lib/ax", True),  # brackets as fnmatch reads them, never an error
+        ("[^a].c", "b.c", False),  # `^` is no negation in a glob
     ],
 )
 def test_watch_patterns_match_as_glob_finds_files(tmp_path, pattern, path, watched):
     build = Build(commands=("make",), workdir=tmp_path / "app", watch=(pattern,))
     assert watches(build, tmp_path / "app" / path) is watched
+
+
+def test_a_file_under_a_trailing_double_star_makes_the_module_stale(tmp_path):
+    (tmp_path / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "a"\n'
+        '[[trigger.http]]\nroute = "/"\ncomponent = "a"\nexecutor = { type = "wagi" }\n'
+        '[component.a]\nsource = "a.wasm"\n'
+        '[component.a.build]\ncommand = "true"\nwatch = ["assets/**"]\n'
+    )
+    (tmp_path / "a.wasm").write_bytes(b"\0asm\1\0\0\0")
+    changed = tmp_path / "assets" / "css" / "site.css"
+    changed.parent.mkdir(parents=True)
+    changed.write_text("body {}")
+    os.utime(tmp_path / "a.wasm", (1, 1))  # built long before the change
+    component = load_manifest(tmp_path / "spin.toml").components["a"]
+    assert not is_up_to_date(component)
+    assert watches(component.build, changed)  # and the watcher agrees
 
 
 def test_sighup_reloads_without_watching(serve, app):
