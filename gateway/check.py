@@ -16,7 +16,7 @@ import wasmtime
 from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
 from .loader import load_app
-from .manifest import Component, Manifest, ManifestError, Trigger, close_matches, load_manifest
+from .manifest import Component, Manifest, ManifestError, Trigger, close_match, load_manifest
 from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
 
 
@@ -215,10 +215,10 @@ def _program(
     except LoadError as error:
         return problem(str(error))
     module = loaded[module_file.digest] = module_file.module
-    foreign = {item.module for item in module.imports if item.module != WASI_MODULE}
     try:
         program = engine.link(module, component.source.name)
     except LoadError as error:
+        foreign = {item.module for item in module.imports if item.module != WASI_MODULE}
         if foreign:
             return problem(str(error), _import_fix(foreign))
         return problem(str(error), "the module was built for another WASI version or host")
@@ -290,8 +290,8 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
         if manifest.kind == "wagi"
         else 'executor = { type = "wagi", entrypoint = "NAME" } on its trigger'
     )
-    close = close_matches(trigger.entrypoint, functions)
-    hint = f"did you mean `{close[0]}`? " if close else ""
+    close = close_match(trigger.entrypoint, functions)
+    hint = f"did you mean `{close}`? " if close else ""
     return f"{hint}it exports {', '.join(f'`{f}`' for f in functions)}; set {setting}"
 
 
@@ -303,7 +303,9 @@ def _full_load(
 ) -> list[Problem]:
     """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
     try:
-        loaded = load_app(manifest, Settings(manifest=manifest.path), engine, modules)
+        # One instance per component shows whether it instantiates; more would be waste.
+        settings = Settings(manifest=manifest.path, pool_size=1)
+        loaded = load_app(manifest, settings, engine, modules)
     except ManifestError as error:
         return [Problem(error.origin, _key_message(error))]
     except LoadError as error:

@@ -382,9 +382,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     manifest = load_manifest(_manifest_path(args))
     engine = Engine(args.cache_dir)
-    width = max(len(source.name) for source in manifest.modules)
+    modules = manifest.modules  # built on each access
+    width = max(len(source.name) for source in modules)
     compiled = 0
-    for source, component in manifest.modules.items():
+    for source, component in modules.items():
         size = human_size(source.stat().st_size)
         print(f"{source.name:<{width}}  {size:>9}  ", end="", flush=True)
         try:
@@ -399,7 +400,7 @@ def _compile(args: argparse.Namespace) -> int:
         if entry is None or not entry.is_file():
             raise ConfigError(f"cannot write the compiled cache in {engine.cache.folder}")
         compiled += loaded.how == "compiled"
-    print(f"{len(manifest.modules)} modules, {compiled} compiled, in {engine.cache.folder}")
+    print(f"{len(modules)} modules, {compiled} compiled, in {engine.cache.folder}")
     return 0
 
 

@@ -383,8 +383,8 @@ def _spin_v2_triggers(
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    hint = close_matches(name, list(known))
-    return f" (did you mean `{hint[0]}`?)" if hint else ""
+    hint = close_match(name, list(known))
+    return f" (did you mean `{hint}`?)" if hint else ""
 
 
 def _spin_route(table: _Table) -> tuple[str, bool]:
@@ -773,8 +773,9 @@ def _finish(
     )
 
 
-def close_matches(word: str, candidates: list[str]) -> list[str]:
+def close_match(word: str, candidates: list[str]) -> str | None:
     """The candidate closest to `word`, if any is close (for "did you mean" hints)."""
     import difflib  # only on the error path: it is slow to import
 
-    return difflib.get_close_matches(word, candidates, n=1)
+    matches = difflib.get_close_matches(word, candidates, n=1)
+    return matches[0] if matches else None

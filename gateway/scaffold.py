@@ -36,7 +36,7 @@ class NewApp:
 def template_names() -> list[str]:
     """The templates `wagi new --template` accepts."""
     return sorted(
-        path.name for path in TEMPLATES.iterdir() if _is_template_part(path, is_folder=True)
+        path.name for path in TEMPLATES.iterdir() if path.is_dir() and path.name != "__pycache__"
     )
 
 
@@ -69,18 +69,14 @@ def _write(source: Path, folder: Path, name: str) -> list[Path]:
     folder.mkdir(parents=True)
     values = _values(name)
     written = []
-    for path in sorted(p for p in source.iterdir() if _is_template_part(p, is_folder=False)):
+    # Files only: an installed package has the templates' test_app.py byte-compiled
+    # into a `__pycache__` folder beside it.
+    for path in sorted(p for p in source.iterdir() if p.is_file()):
         renamed = _RENAMED.get(path.name, path.name)
         target = folder / renamed.format(name=name, module=name.replace("-", "_"))
         target.write_text(_render(path.read_text(), values))
         written.append(target)
     return written
-
-
-def _is_template_part(path: Path, is_folder: bool) -> bool:
-    """Whether `path` belongs to the templates, not to Python: an installed package has
-    its `.py` files byte-compiled, templates' `test_app.py` included (`__pycache__`)."""
-    return path.is_dir() == is_folder and path.name != "__pycache__"
 
 
 def _values(name: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import hypercorn.asyncio
@@ -34,6 +34,8 @@ from .metrics import MULTIPROCESS_FOLDER
 
 if TYPE_CHECKING:
     import multiprocessing
+
+    import wasmtime
 
 log = logging.getLogger("wagi")
 
@@ -64,13 +66,16 @@ def serve(settings: Settings) -> None:
     # The supervisor loads the whole app once before any worker starts: every error
     # shows here, and every module lands in the compiled cache, so no worker compiles.
     engine = Engine(settings.cache_dir, settings.engine)
-    manifest, digests = _load_and_close(settings, engine)
+    manifest, modules = _load_and_close(settings, engine)
     _announce(settings, manifest)
     _share_metrics_between_workers()
     sockets = listening_sockets(hypercorn_config(settings))
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
     if settings.watch:
-        _watch_for_workers(settings, engine, supervisor, digests)
+        _watch_for_workers(settings, engine, supervisor, modules)
+    else:
+        engine.close()  # the supervisor runs no guest: let the engine's memory go
+        del engine, modules
     supervisor.run()
     if supervisor.failed:
         raise LoadError("the workers could not start; see the log above")
@@ -144,13 +149,15 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
         raise gateway.load_error
 
 
-def _load_and_close(settings: Settings, engine: Engine) -> tuple[Manifest, set[str]]:
-    """Load the whole app (compiling into the cache what is not there) and close it again;
-    returns the manifest and the digests of its modules."""
+def _load_and_close(
+    settings: Settings, engine: Engine, known: Mapping[str, wasmtime.Module] | None = None
+) -> tuple[Manifest, dict[str, wasmtime.Module]]:
+    """Load the whole app (compiling into the cache what is not there, reusing `known`
+    modules) and close it again; returns the manifest and its modules by digest."""
     manifest = load_manifest(settings.manifest)
-    app = load_app(manifest, settings, engine)
+    app = load_app(manifest, settings, engine, known)
     app.close()
-    return manifest, set(app.modules())
+    return manifest, app.modules()
 
 
 def _share_metrics_between_workers() -> None:
@@ -164,19 +171,22 @@ def _share_metrics_between_workers() -> None:
 
 
 def _watch_for_workers(
-    settings: Settings, engine: Engine, supervisor: Supervisor, running: set[str]
+    settings: Settings,
+    engine: Engine,
+    supervisor: Supervisor,
+    running: dict[str, wasmtime.Module],
 ) -> None:
     """With several workers, changes are checked once, here: rebuild, load the new version
     (which fills the compiled cache), and only if it is good tell the workers to reload."""
     from .reload import Reloader  # watchfiles is only needed to watch
 
-    digests = set(running)
+    modules = dict(running)
 
     async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
         try:
-            _, loaded_digests = await asyncio.to_thread(_load_and_close, settings, engine)
-            digests.clear()
-            digests.update(loaded_digests)
+            _, loaded = await asyncio.to_thread(_load_and_close, settings, engine, modules)
+            modules.clear()
+            modules.update(loaded)
         except (ConfigError, ManifestError, LoadError) as error:
             log.error("reload failed (%s): %s; the workers keep the running version", reason, error)
             return False
@@ -185,7 +195,7 @@ def _watch_for_workers(
         supervisor.signal_workers(signal.SIGHUP)
         return True
 
-    reloader = Reloader(settings, reload, lambda: digests)
+    reloader = Reloader(settings, reload, lambda: set(modules))
     threading.Thread(
         target=asyncio.run, args=(reloader.run(),), name="watcher", daemon=True
     ).start()
