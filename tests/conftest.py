@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.build import build_component, is_up_to_date
-from gateway.engine import Engine
+from gateway.engine import Engine, Program
 from gateway.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,13 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = Engine(tmp_path / "cache")
     yield engine
     engine.close()
+
+
+def link_wat(engine: Engine, tmp_path: Path, wat: str, name: str = "guest") -> Program:
+    """Write `wat` to NAME.wat in the test's folder, load and link it."""
+    path = tmp_path / f"{name}.wat"
+    path.write_text(wat)
+    return engine.link(engine.load(path).module, name)
 
 
 def run_wagi(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from conftest import ROOT, cgi_guest
+from conftest import ROOT, cgi_guest, link_wat
 from gateway.engine import Engine, Invocation, LoadError
-
-
-def program(engine: Engine, tmp_path: Path, wat: str, name: str = "guest.wat"):
-    path = tmp_path / name
-    path.write_text(wat)
-    return engine.link(engine.load(path).module, name)
 
 
 def run(prog, entrypoint="_start", **invocation):
@@ -23,30 +15,30 @@ def run(prog, entrypoint="_start", **invocation):
 
 
 def test_stdout_and_stderr_are_captured(engine, tmp_path):
-    outcome = run(program(engine, tmp_path, cgi_guest(b"out\n", b"err\n")))
+    outcome = run(link_wat(engine, tmp_path, cgi_guest(b"out\n", b"err\n")))
     assert outcome.ok
     assert (outcome.stdout, outcome.stderr) == (b"out\n", b"err\n")
 
 
 def test_exit_zero_is_success(engine, tmp_path):
-    outcome = run(program(engine, tmp_path, cgi_guest(b"x", exit_code=0)))
+    outcome = run(link_wat(engine, tmp_path, cgi_guest(b"x", exit_code=0)))
     assert outcome.ok and outcome.exit_code == 0  # fix: WAGI 0.8 answers 500 to exit(0)
 
 
 def test_non_zero_exit_is_reported_with_its_output(engine, tmp_path):
-    outcome = run(program(engine, tmp_path, cgi_guest(b"partial", exit_code=3)))
+    outcome = run(link_wat(engine, tmp_path, cgi_guest(b"partial", exit_code=3)))
     assert not outcome.ok
     assert (outcome.exit_code, outcome.failure, outcome.stdout) == (3, "exit", b"partial")
 
 
 def test_a_trap_is_reported(engine, tmp_path):
-    outcome = run(program(engine, tmp_path, cgi_guest(b"x", trap=True)))
+    outcome = run(link_wat(engine, tmp_path, cgi_guest(b"x", trap=True)))
     assert not outcome.ok
     assert "unreachable" in outcome.error
 
 
 def test_each_run_starts_with_empty_output(engine, tmp_path):
-    prog = program(engine, tmp_path, cgi_guest(b"same"))
+    prog = link_wat(engine, tmp_path, cgi_guest(b"same"))
     assert [run(prog).stdout for _ in range(3)] == [b"same"] * 3
 
 
@@ -60,14 +52,14 @@ def test_argv_environment_and_stdin_reach_the_guest(engine, example_apps):
 
 
 def test_a_missing_entrypoint_is_an_error_not_a_crash(engine, tmp_path):
-    prog = program(engine, tmp_path, cgi_guest(b"x"))
+    prog = link_wat(engine, tmp_path, cgi_guest(b"x"))
     assert prog.entrypoint_problem("main") == "the module does not export `main`"
     outcome = run(prog, "main")
     assert not outcome.ok and "does not export a function `main`" in outcome.error
 
 
 def test_an_entrypoint_must_take_and_return_nothing(engine, tmp_path):
-    prog = program(engine, tmp_path, '(module (func (export "f") (param i32)))')
+    prog = link_wat(engine, tmp_path, '(module (func (export "f") (param i32)))')
     assert "not a function without parameters or results" in prog.entrypoint_problem("f")
 
 
@@ -80,7 +72,7 @@ def test_reactors_are_initialised_before_a_custom_entrypoint(engine, tmp_path):
       (func (export "handler")
         (if (i32.eqz (global.get $ready)) (then (call $exit (i32.const 9))))))
     """
-    assert run(program(engine, tmp_path, wat), "handler").ok
+    assert run(link_wat(engine, tmp_path, wat), "handler").ok
 
 
 def test_compiled_modules_come_from_the_cache_the_second_time(tmp_path):
@@ -115,7 +107,7 @@ def test_a_module_that_is_not_webassembly_is_a_load_error(engine, tmp_path):
 def test_imports_the_gateway_does_not_provide_are_named(engine, tmp_path):
     wat = '(module (import "env" "magic" (func)) (import "spin" "kv" (func)))'
     with pytest.raises(LoadError, match="imports env::magic, spin::kv, which this gateway"):
-        program(engine, tmp_path, wat)
+        link_wat(engine, tmp_path, wat)
 
 
 def test_mounts_are_read_only(engine, tmp_path):
@@ -134,6 +126,6 @@ def test_mounts_are_read_only(engine, tmp_path):
     """
     folder = tmp_path / "mounted"
     folder.mkdir()
-    outcome = run(program(engine, tmp_path, wat), mounts=[(str(folder), "/data")])
+    outcome = run(link_wat(engine, tmp_path, wat), mounts=[(str(folder), "/data")])
     assert outcome.exit_code == 63  # WASI errno `perm`: the mount is read-only
     assert not (folder / "new.txt").exists()

@@ -117,13 +117,14 @@ def test_hostile_guest_gets_its_status_while_others_are_served(hostile, name):
     assert response.text.startswith({500: "Internal Server Error", 502: "Bad Gateway",
                                      504: "Gateway Timeout"}[status])  # fmt: skip
     assert "Traceback" not in response.text
+    # No guest holds up the others: hello is answered in a fraction of a second (and of
+    # the attack's own time when that is longer) whatever the attack does.
+    slowest = max(end - begin for begin, end in hello_times)
+    assert slowest < max(0.5, took / 2), (name, slowest, took)
     if status == 504:
-        # It held its request for the whole deadline; meanwhile others were answered, each
-        # in a fraction of that time, rather than queued behind it.
+        # It held its request for the whole deadline; meanwhile others were answered.
         answered_meanwhile = [end for _, end in hello_times if end < attack_finished]
-        slowest = max(end - begin for begin, end in hello_times)
         assert len(answered_meanwhile) >= 3, (name, len(answered_meanwhile), took)
-        assert slowest < took / 2, (name, slowest, took)
     request_id = response.headers["x-request-id"]
 
     def logged_with_id() -> bool:

@@ -27,6 +27,8 @@ from conftest import Server, cgi_guest, env_section, free_port, sleeper, wait_un
 # scripts/test installs Debian's nginx; without it this test fails rather than skips.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
+CLIENTS = 8  # threads sending requests through the balancer at once
+
 NGINX_CONF = """
 daemon off;
 master_process off;
@@ -190,7 +192,7 @@ def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(
 ):
     first, second = gateways(app), gateways(app)
     url = balancer(first.port, second.port)
-    load = Load(url, clients=8)
+    load = Load(url, CLIENTS)
     kills: list[float] = []
     try:
         wait_until(lambda: served(first) > 20 and served(second) > 20, "load reaches both")
@@ -231,7 +233,7 @@ def test_no_request_fails_while_gateways_behind_nginx_stop_and_die(
     failed = [f.what for f in load.failures if f not in lost]
     nginx_log = (tmp_path / "nginx" / "error.log").read_text()
     assert failed == [], f"{len(failed)} failed: {failed[:5]}\nnginx's log:\n{nginx_log}"
-    assert len(lost) <= 8 * len(kills), [f.what for f in lost]
+    assert len(lost) <= CLIENTS * len(kills), [f.what for f in lost]
     assert load.answers["/slow"] > 100 and load.answers["/hello"] > 100
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import cgi_guest, run_wagi, spin_toml, wait_for_log
+from conftest import cgi_guest, link_wat, run_wagi, spin_toml, wait_for_log
 from gateway.engine import Engine, Invocation
 from gateway.pool import InstancePool
 
@@ -17,10 +17,7 @@ HELLO = cgi_guest(b"Content-Type: text/plain\n\nhi\n")
 
 
 def program(tmp_path: Path):
-    path = tmp_path / "guest.wat"
-    path.write_text(HELLO)
-    engine = Engine(tmp_path / "cache")
-    return engine.link(engine.load(path).module, "guest")
+    return link_wat(Engine(tmp_path / "cache"), tmp_path, HELLO)
 
 
 def test_ready_instances_are_hits_and_an_empty_pool_still_serves(tmp_path):

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import link_wat
 from gateway.engine import Engine, Invocation
 
 
 def run_wat(engine: Engine, tmp_path: Path, wat: str, **start):
-    path = tmp_path / "guest.wat"
-    path.write_text(wat)
-    program = engine.link(engine.load(path).module, "guest")
-    call = program.instantiate().start("_start", Invocation(["guest"], {}), **start)
+    instance = link_wat(engine, tmp_path, wat).instantiate()
+    call = instance.start("_start", Invocation(["guest"], {}), **start)
     while not call.poll():
         pass
     return call.finish()

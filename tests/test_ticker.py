@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SPIN, cgi_guest, sleeper
+from conftest import SPIN, cgi_guest, link_wat, sleeper
 from gateway import native, ticker
 from gateway.config import Limits
 from gateway.engine import Engine, Failure, GuestCall, Instance, Invocation
@@ -70,12 +70,6 @@ def test_the_event_loops_guest_keeps_its_ticks_when_the_last_thread_stops(epoch_
     assert epoch_ticker.timer_setting() == (0, 0)
 
 
-def program(engine: Engine, tmp_path: Path, wat: str, name: str):
-    path = tmp_path / f"{name}.wat"
-    path.write_text(wat)
-    return engine.link(engine.load(path).module, name)
-
-
 @contextlib.contextmanager
 def rescue_after(engine: Engine, seconds: float) -> Iterator[list[bool]]:
     """If a guest is stuck for want of ticks after `seconds`, tick the epoch from here
@@ -110,7 +104,7 @@ def executor(engine: Engine) -> Iterator[Executor]:
 @pytest.fixture
 def pools(engine: Engine, tmp_path: Path) -> Iterator[dict[str, InstancePool]]:
     guests = {"fast": cgi_guest(b"fast"), "slow": SLOW, "spin": SPIN, "sleep": sleeper(0.01)}
-    pools = {name: InstancePool(program(engine, tmp_path, wat, name), 2, name)
+    pools = {name: InstancePool(link_wat(engine, tmp_path, wat, name), 2, name)
              for name, wat in guests.items()}  # fmt: skip
     yield pools
     for pool in pools.values():
@@ -126,7 +120,7 @@ def test_the_executor_stops_the_ticker_when_its_guests_are_done(executor, pools)
         quick = await run(executor, pools["fast"])
         assert quick.stdout == b"fast" and not executor.ticker.ticking
         long_run = asyncio.ensure_future(run(executor, pools["slow"]))
-        await asyncio.sleep(0.005)  # it has left the event loop for a thread by now
+        await asyncio.sleep(0)  # its first step runs its first slice, then it goes to a thread
         assert not long_run.done() and executor.ticker.ticking
         meanwhile = await run(executor, pools["fast"])
         assert meanwhile.stdout == b"fast" and executor.ticker.ticking
@@ -165,7 +159,7 @@ def test_a_guest_slow_to_start_still_gets_its_tick(engine, executor, pools, monk
 def test_without_posix_timers_a_python_thread_ticks(tmp_path, monkeypatch):
     monkeypatch.setattr(ticker, "_posix_timer", lambda address: None)
     engine = Engine(tmp_path / "cache")  # its ticker is made now, without a POSIX timer
-    pools = {name: InstancePool(program(engine, tmp_path, wat, name), 2, name)
+    pools = {name: InstancePool(link_wat(engine, tmp_path, wat, name), 2, name)
              for name, wat in (("fast", cgi_guest(b"fast")), ("spin", SPIN))}  # fmt: skip
     executor = Executor(engine, threads=2)
     moved = []
@@ -221,7 +215,7 @@ def test_a_guest_is_not_started_once_the_executor_is_closed(engine, pools):
 def test_a_load_time_run_ticks_with_the_engines_ticker(engine, tmp_path):
     """`_routes` probes at load run beside the executor's guests: one ticker per engine,
     or the executor's guests would see ticks they did not ask for."""
-    spin = program(engine, tmp_path, SPIN, "spin")
+    spin = link_wat(engine, tmp_path, SPIN, "spin")
     outcomes = []
     probe = threading.Thread(
         target=lambda: outcomes.append(spin.run_once("_start", INVOCATION, Limits(0.3)))
