@@ -16,13 +16,12 @@ import datetime
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from run import OUT, PYTHON, ROOT, Load, Server, free_port, manifest, prepare, wrk
+from run import OUT, PYTHON, ROOT, Server, Throughput, free_port, manifest, prepare, wrk
 
 
 def checkout(revision: str) -> tuple[Path, str]:
@@ -58,7 +57,8 @@ def compare(args: argparse.Namespace) -> str:
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-compare-"))
     first = f"/{args.modules[0]}"
     servers: dict[str, Server] = {}
-    runs: dict[tuple[str, str], list[Load]] = {}
+    result = Throughput({f"{module} {side}": [] for module in args.modules
+                         for side in ("old", "new")})  # fmt: skip
     try:
         servers["old"] = start(f"revision {commit}", tree, routes, cache, args.workers, first)
         servers["new"] = start("working tree", ROOT, routes, cache, args.workers, first)
@@ -69,7 +69,7 @@ def compare(args: argparse.Namespace) -> str:
             order = targets if round_number % 2 == 0 else targets[::-1]
             for module, side in order:
                 load = wrk(servers[side].url(f"/{module}"), args.duration, args.connections)
-                runs.setdefault((module, side), []).append(load)
+                result.runs[f"{module} {side}"].append(load)
                 rps = load.requests_per_second
                 print(f"  round {round_number + 1} {module:6} {side}: {rps:8.0f} req/s  "
                       f"errors {load.errors}", flush=True)  # fmt: skip
@@ -79,10 +79,10 @@ def compare(args: argparse.Namespace) -> str:
             server.stop()
         shutil.rmtree(cache, ignore_errors=True)
         git("worktree", "remove", "--force", str(tree))
-    return report(args, commit, runs, problems)
+    return report(args, commit, result, problems)
 
 
-def report(args: argparse.Namespace, commit: str, runs: dict, problems: dict) -> str:
+def report(args: argparse.Namespace, commit: str, result: Throughput, problems: dict) -> str:
     """The Markdown table: each side's medians, and the within-round ratio."""
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "gateway") else ""
     lines = [
@@ -98,24 +98,20 @@ def report(args: argparse.Namespace, commit: str, runs: dict, problems: dict) ->
         "|---|---|---|---|---|",
     ]
     for module in args.modules:
-        old, new = runs[(module, "old")], runs[(module, "new")]
-        ratios = [
-            b.requests_per_second / a.requests_per_second for a, b in zip(old, new, strict=True)
-        ]
+        old, new = f"{module} old", f"{module} new"
+        pairs = zip(result.runs[old], result.runs[new], strict=True)
+        rounds = ", ".join(f"{b.requests_per_second / a.requests_per_second:.2f}" for a, b in pairs)
         lines.append(
-            f"| {module} | {_median(old):.0f} | {_median(new):.0f} | "
-            f"{statistics.median(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} |"
+            f"| {module} | {result.median(old, 'requests_per_second'):.0f} | "
+            f"{result.median(new, 'requests_per_second'):.0f} | "
+            f"{result.ratio(new, old):.3f} | {rounds} |"
         )
-    errors = sum(load.errors for loads in runs.values() for load in loads)
+    errors = sum(load.errors for loads in result.runs.values() for load in loads)
     lines += ["", f"Failed requests: {errors}."]
     for name, lines_logged in problems.items():
         if lines_logged:
             lines += ["", f"{name} logged:", *(f"    {line}" for line in lines_logged[:10])]
     return "\n".join(lines) + "\n"
-
-
-def _median(loads: list[Load]) -> float:
-    return statistics.median(load.requests_per_second for load in loads)
 
 
 def main() -> None:

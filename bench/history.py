@@ -43,7 +43,18 @@ def figures(text: str) -> dict[str, float]:
     if cold:
         found["cold start, hello, warm cache, ms"] = float(cold.group(2))
         if cold.group(3):  # timed beside the starts since the run after 2026-11-25-g
-            found["cold start, hello, import floor, ms"] = float(cold.group(3))
+            found["cold start, import floor, ms"] = float(cold.group(3))
+    floor = re.search(r"^Of which .* take (\d+) ms", text, re.MULTILINE)
+    if floor:  # timed apart from the starts, until 2026-11-25-g
+        found["cold start, import floor, ms"] = float(floor.group(1))
+    large = re.search(r"compiled in (\d+) ms, loaded from the compiled cache in ([\d.]+) ms", text)
+    if large:
+        found["large module, compile ms"] = float(large.group(1))
+        found["large module, cache load ms"] = float(large.group(2))
+    memory = re.search(r"to the last: ([+-][\d.]+)%; over the second half .*: ([+-][\d.]+)%", text)
+    if memory:
+        found["RSS change over all requests, %"] = float(memory.group(1))
+        found["RSS change over the second half, %"] = float(memory.group(2))
     return found
 
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import collections
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import OUT, WAGI, Server, free_port, manifest, prepare
+from run import OUT, manifest, prepare, start_target
 
 AREAS = [("gateway/", "the gateway (gateway/)"), ("hypercorn/", "hypercorn"),
          ("h11/", "h11 (HTTP/1.1)"), ("asyncio/", "asyncio"), ("ctypes/", "ctypes")]  # fmt: skip
@@ -55,11 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     modules = prepare()
     routes = manifest(modules, ["hello", "env", "page"], OUT / "profile.toml")
-    port = free_port()
     with tempfile.TemporaryDirectory() as cache:
-        server = Server("gateway", [WAGI, "serve", "-c", str(routes), "--listen",
-                                    f"127.0.0.1:{port}", "--cache-dir", cache,
-                                    "--log-level", "warning"], port, "/hello")  # fmt: skip
+        server = start_target("A", 1, routes, Path(cache), modules)
         load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{args.seconds + 4}s",
                                  server.url(args.path)], stdout=subprocess.DEVNULL)  # fmt: skip
         try:

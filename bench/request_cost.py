@@ -18,14 +18,11 @@ import asyncio
 import cProfile
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from baselines import ReplayExecutor
+from baselines import replay_gateway
 from run import OUT, manifest, prepare
 
 from gateway.config import Settings
@@ -97,10 +94,12 @@ async def per_request(app, path: str, count: int, profiler: cProfile.Profile | N
 
 async def measure(routes: Path, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as cache:
-        settings = Settings(manifest=routes, cache_dir=Path(cache))
-        app = make_gateway(settings, load_manifest(routes))
         if args.replay:
-            app.executor = ReplayExecutor(app.executor)
+            app = replay_gateway(routes, Path(cache))
+        else:
+            app = make_gateway(
+                Settings(manifest=routes, cache_dir=Path(cache)), load_manifest(routes)
+            )
         task, lifespan = await started(app)
         for path in ("/hello", "/env", "/page"):
             costs = [await per_request(app, path, args.requests, None) for _ in range(args.rounds)]

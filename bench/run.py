@@ -211,7 +211,7 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
     targets: dict[str, str] = {}
     try:
         for workers in args.workers:
-            a, b, c = (_start(kind, workers, routes, cache, modules) for kind in "ABC")
+            a, b, c = (start_target(kind, workers, routes, cache, modules) for kind in "ABC")
             servers.update({f"A{workers}": a, f"B{workers}": b, f"C{workers}": c})
             targets.update({
                 f"A hello, {workers}w": a.url("/hello"),
@@ -221,7 +221,7 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
                 f"A page, {workers}w": a.url("/page"),
             })  # fmt: skip
             if workers == 1:
-                servers["D1"] = _start("D", 1, routes, cache, modules)
+                servers["D1"] = start_target("D", 1, routes, cache, modules)
                 targets[REPLAY] = servers["D1"].url("/hello")
         result = Throughput({name: [] for name in targets})
         for url in targets.values():  # warm up
@@ -245,7 +245,7 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
     return result
 
 
-def _start(kind: str, workers: int, routes: Path, cache: Path, modules: dict) -> Server:
+def start_target(kind: str, workers: int, routes: Path, cache: Path, modules: dict) -> Server:
     port = free_port()
     listen = ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
     if kind == "A":
@@ -316,7 +316,6 @@ def _import_floor() -> float:
 
 def compile_versus_cache(module: Path, trials: int) -> tuple[float, float]:
     """Milliseconds to compile `module`, and to load it from the compiled cache."""
-    sys.path.insert(0, str(ROOT))
     from gateway.engine import Engine
 
     compiled, cached = [], []
@@ -332,12 +331,9 @@ def memory_over_requests(modules: dict[str, Path], total: int, args: argparse.Na
                          ) -> list[tuple[int, int]]:  # fmt: skip
     """(requests served, RSS in KiB) samples while serving `total` requests: hello and
     env in turn, one wrk run each."""
-    port = free_port()
     routes = manifest(modules, ["hello", "env"], OUT / "memory.toml")
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-rss-"))
-    server = Server("gateway", [WAGI, "serve", "-c", str(routes), "--listen",
-                                f"127.0.0.1:{port}", "--cache-dir", str(cache),
-                                "--log-level", "warning"], port, "/hello")  # fmt: skip
+    server = start_target("A", 1, routes, cache, modules)
     samples = []
     served = 0
     try:
@@ -448,8 +444,8 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         lines.append(f"| {name} | {empty:.0f} | {warm:.0f} | {floor:.0f} |")
     lines += ["", "The import floor is Python start-up and the imports of asyncio, hypercorn and "
               "wasmtime (`python -c 'import asyncio, hypercorn.asyncio, hypercorn.config, "
-              "wasmtime'`), timed between the two starts of each trial; medians of 5 "
-              "trials."]  # fmt: skip
+              "wasmtime'`), timed between the two starts of each trial; medians of "
+              f"{args.cold_trials} trials."]  # fmt: skip
     compiled, cached = compile_ms
     size = human_size(args.large_size)
     lines += ["", f"The large module ({size}): compiled in {compiled:.0f} ms, "
@@ -485,7 +481,8 @@ def main() -> None:
     results = throughput(modules, args)
     print("cold start ...", flush=True)
     compile_bytecode()
-    cold = {name: cold_start(modules, name, trials=5) for name in ("hello", "large")}
+    args.cold_trials = 5
+    cold = {name: cold_start(modules, name, args.cold_trials) for name in ("hello", "large")}
     compile_ms = compile_versus_cache(modules["large"], trials=3)
     print("memory ...", flush=True)
     memory = memory_over_requests(modules, args.memory_requests, args)
