@@ -203,7 +203,9 @@ class Engine:
         try:
             return wasmtime.Module(self.wasmtime, module_bytes)
         except wasmtime.WasmtimeError as error:
-            raise LoadError(f"{source}: not a valid WebAssembly module: {_chain(error)}") from None
+            raise LoadError(
+                f"{source}: not a valid WebAssembly module: {_one_line(str(error))}"
+            ) from None
 
     def link(self, module: wasmtime.Module, name: str) -> Program:
         """Resolve a module's imports against WASI once, for cheap instantiation."""
@@ -218,7 +220,7 @@ class Engine:
         try:
             instance_pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as error:
-            raise LoadError(f"{name}: cannot link: {_chain(error)}") from None
+            raise LoadError(f"{name}: cannot link: {_one_line(str(error))}") from None
         return Program(self, module, instance_pre)
 
 
@@ -310,31 +312,28 @@ def timeout_message(timeout: float) -> str:
     return f"ran longer than its limit of {timeout:g} s"
 
 
-def _chain(error: Exception) -> str:
-    """wasmtime's multi-line error as one line: its causes joined, a WAT error's source
-    diagram reduced to its line and column."""
+def _one_line(message: str) -> str:
+    """wasmtime's multi-line error as one log-friendly line: its causes joined, a
+    backtrace left out, a WAT error's source diagram reduced to its line and column."""
     parts: list[str] = []
-    for raw in str(error).splitlines():
+    in_backtrace = False
+    for raw in message.splitlines():
         line = raw.strip()
-        if line.startswith("--> ") and parts:  # `--> <anon>:4:4`, then the diagram
+        if line == "Caused by:" or line.endswith("wasm backtrace:"):
+            # a backtrace names only guest functions; its cause says what went wrong
+            in_backtrace = line != "Caused by:"
+        elif in_backtrace or not line or _DIAGRAM.match(line):
+            continue
+        elif line.startswith("--> ") and parts:  # `--> <anon>:4:4`, then the diagram
             _, row, column = line.rsplit(":", 2)
             parts[-1] += f" (line {row}, column {column})"
-        elif line and line != "Caused by:" and not _DIAGRAM.match(line):
+        else:
             parts.append(_CAUSE_NUMBER.sub("", line))
-    return ": ".join(parts)
+    return ": ".join(parts) or message.strip()
 
 
 _DIAGRAM = re.compile(r"^\d* *\|")  # `|` and `4 |   (bogus))` lines of a WAT error
 _CAUSE_NUMBER = re.compile(r"^\d+: ")  # `0: ...`, `1: ...` in a list of causes
-
-
-def _one_line(message: str) -> str:
-    """wasmtime's errors run over several lines (a backtrace, then the cause): keep the
-    cause, for log lines that stay lines."""
-    head, _, cause = message.partition("Caused by:")
-    text = cause if cause.strip() else head
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines) if cause.strip() else (lines[0] if lines else message)
 
 
 class Instance:

@@ -37,6 +37,16 @@ def test_a_trap_is_reported(engine, tmp_path):
     assert "unreachable" in outcome.error
 
 
+def test_a_trap_with_causes_is_one_line_without_the_backtrace(engine, tmp_path):
+    out_of_bounds = """(module (memory 1) (func (export "_start")
+        (drop (i32.load (i32.const 99999999)))))"""
+    outcome = run(link_wat(engine, tmp_path, out_of_bounds))
+    assert outcome.error == (
+        "memory fault at wasm address 0x5f5e0ff in linear memory of size 0x10000: "
+        "wasm trap: out of bounds memory access"
+    )
+
+
 def test_each_run_starts_with_empty_output(engine, tmp_path):
     prog = link_wat(engine, tmp_path, cgi_guest(b"same"))
     assert [run(prog).stdout for _ in range(3)] == [b"same"] * 3
