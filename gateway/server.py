@@ -67,9 +67,9 @@ def serve(settings: Settings) -> None:
     # shows here, and every module lands in the compiled cache, so no worker compiles.
     engine = Engine(settings.cache_dir, settings.engine)
     manifest, modules = _load_and_close(settings, engine)
+    sockets = listening_sockets(hypercorn_config(settings))
     _announce(settings, manifest)
     _share_metrics_between_workers()
-    sockets = listening_sockets(hypercorn_config(settings))
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
     if settings.watch:
         _watch_for_workers(settings, engine, supervisor, modules)
@@ -82,8 +82,12 @@ def serve(settings: Settings) -> None:
 
 
 def listening_sockets(config: hypercorn.config.Config) -> list[socket.socket]:
-    """Open the sockets of `config.bind` once, for every worker to share."""
-    sockets = config.create_sockets()
+    """Open the sockets of `config.bind` (once, for every worker to share)."""
+    try:
+        sockets = config.create_sockets()
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise ConfigError(f"cannot listen on {', '.join(config.bind)}: {reason}") from None
     return sockets.insecure_sockets + sockets.secure_sockets
 
 
@@ -137,14 +141,17 @@ def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
 def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     """Serve in this process. The server listens at once and loads the app meanwhile."""
     manifest = load_manifest(settings.manifest)  # a broken manifest fails before listening
-    if sockets is None:
+    config = hypercorn_config(settings)
+    supervised = sockets is not None
+    if not supervised:
+        sockets = listening_sockets(config)  # a port in use fails before the banner
         _announce(settings, manifest)
     gateway = make_gateway(settings, manifest)
-    if settings.watch and sockets is None:  # with several workers, the supervisor watches
+    if settings.watch and not supervised:  # with several workers, the supervisor watches
         from .reload import Reloader  # watchfiles is only needed to watch
 
         gateway.background.append(Reloader(settings, gateway.reload, gateway.module_digests).run)
-    serve_on(gateway, hypercorn_config(settings), sockets, gateway.until_stopped)
+    serve_on(gateway, config, sockets, gateway.until_stopped)
     if gateway.load_error is not None:
         raise gateway.load_error
 

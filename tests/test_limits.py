@@ -209,7 +209,7 @@ def test_a_module_whose_memory_cannot_fit_the_limit_is_a_load_error(tmp_path):
     (tmp_path / "big.wat").write_text('(module (memory 600) (func (export "_start")))')
     (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "big.wat"\n')
     result = run_wagi("serve", "-c", str(tmp_path / "modules.toml"), "--max-memory", "32M",
-                      "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+                      "-l", "127.0.0.1:0", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "component `big`: cannot instantiate" in result.stderr

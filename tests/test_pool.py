@@ -78,7 +78,8 @@ def test_pools_may_not_take_more_than_half_the_instance_slots(tmp_path):
     (tmp_path / "a.wat").write_text(HELLO)
     (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "a.wat"\n')
     result = run_wagi("serve", "-c", str(tmp_path / "modules.toml"), "--pool-size", "60",
-                      "--max-instances", "100", "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+                      "--max-instances", "100", "-l", "127.0.0.1:0",
+                      "--cache-dir", str(tmp_path / "c"))  # fmt: skip
     assert result.returncode == 1
     assert "the instance pools hold 60 instances, more than half of the 100" in result.stderr
 

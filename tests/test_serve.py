@@ -468,7 +468,9 @@ def test_a_bad_manifest_exits_non_zero_with_one_clear_line(tmp_path, manifest, m
     (tmp_path / "m.wat").write_text(cgi_guest(b"x"))
     path = tmp_path / "spin.toml"
     path.write_text(manifest)
-    result = run_wagi("serve", "-c", str(path), "--cache-dir", str(tmp_path / "c"))
+    result = run_wagi(
+        "serve", "-c", str(path), "-l", "127.0.0.1:0", "--cache-dir", str(tmp_path / "c")
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -486,6 +488,19 @@ def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
         result = run_wagi("serve", "-c", str(example_apps), *args)
         assert result.returncode == 1 and text in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_clear_error(tmp_path, example_apps, workers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run_wagi("serve", "-c", str(example_apps), "-l", address, "--workers", workers,
+                          "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot listen on {address}: address already in use" in result.stderr
 
 
 def test_wagi_routes_declared_by_the_module(serve, tmp_path):
