@@ -68,7 +68,7 @@ def serve(settings: Settings) -> None:
     engine = Engine(settings.cache_dir, settings.engine)
     manifest, modules = _load_and_close(settings, engine)
     sockets = listening_sockets(hypercorn_config(settings))
-    _announce(settings, manifest)
+    _announce(settings, manifest, sockets)
     _share_metrics_between_workers()
     supervisor = Supervisor(settings.workers, _worker_main, sockets, (settings,))
     if settings.watch:
@@ -145,7 +145,7 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
     supervised = sockets is not None
     if not supervised:
         sockets = listening_sockets(config)  # a port in use fails before the banner
-        _announce(settings, manifest)
+        _announce(settings, manifest, sockets)
     gateway = make_gateway(settings, manifest)
     if settings.watch and not supervised:  # with several workers, the supervisor watches
         from .reload import Reloader  # watchfiles is only needed to watch
@@ -310,8 +310,14 @@ class Supervisor:
                 worker.terminate()  # SIGTERM: hypercorn finishes in-flight requests
 
 
-def _announce(settings: Settings, manifest: Manifest) -> None:
+def _announce(settings: Settings, manifest: Manifest, sockets: list[socket.socket]) -> None:
     scheme = "https" if settings.tls_cert else "http"
+    address = _address(sockets[0])  # the port the system chose, for `--listen HOST:0`
     log.info("serving %s (%s) from %s", manifest.name, manifest.kind, manifest.path)
     for trigger in manifest.triggers:
-        log.info("  %-12s %s://%s%s", trigger.component, scheme, settings.listen, trigger.route)
+        log.info("  %-12s %s://%s%s", trigger.component, scheme, address, trigger.route)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"

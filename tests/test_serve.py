@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import trustme
 
 from conftest import (
     ROOT,
+    WAGI,
     cgi_guest,
     env_section,
     get,
@@ -501,6 +504,26 @@ def test_a_port_in_use_is_one_clear_error(tmp_path, example_apps, workers):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"error: cannot listen on {address}: address already in use" in result.stderr
+
+
+def test_the_banner_names_the_port_the_system_chose(tmp_path, example_apps):
+    args = ["serve", "-c", str(example_apps), "-l", "127.0.0.1:0", "--cache-dir", str(tmp_path)]
+    with subprocess.Popen([str(WAGI), *args], stderr=subprocess.PIPE, text=True) as process:
+        try:
+            banner = next(line for line in process.stderr if "http://127.0.0.1:" in line)
+            url = banner.split()[-1]
+            assert not url.startswith("http://127.0.0.1:0/")
+            wait_until(lambda: _answers(url), f"nothing answers at {url}")
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_wagi_routes_declared_by_the_module(serve, tmp_path):
