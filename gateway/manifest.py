@@ -593,18 +593,40 @@ def _spin_files(
             source_text = mapping.take("source", str, required=True)
             destination = mapping.take("destination", str, required=True)
             mapping.finish()
-            if not destination.startswith("/"):
-                raise mapping.error("destination", "must be an absolute guest path")
+            guest = _guest_path(mapping, destination)
             source = _inside_app(mapping, "source", source_text)
             if source.is_dir():
-                mounts.append(Mount(destination.rstrip("/") or "/", source))
+                mounts.append(Mount(guest, source))
             elif source.is_file():
-                files[destination] = IncludedFile(destination, source)
+                if guest == "/" or destination.endswith("/"):
+                    raise mapping.error("destination", "a file's destination must name a file")
+                files[guest] = IncludedFile(guest, source)
             else:
                 raise mapping.error("source", f"no such file or directory: {source}")
         else:
             raise table.ctx.error(where, "expected a path, a glob or { source, destination }")
+    _no_file_inside_a_file(table, files)
     return tuple(mounts), tuple(files.values()), tuple(empty)
+
+
+def _guest_path(mapping: _Table, destination: str) -> str:
+    """A `destination` as a clean absolute guest path; `..` is refused, since staged
+    files are written under it on the host."""
+    if not destination.startswith("/"):
+        raise mapping.error("destination", "must be an absolute guest path")
+    parts = [part for part in destination.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise mapping.error("destination", "must not contain `..`")
+    return "/" + "/".join(parts)
+
+
+def _no_file_inside_a_file(table: _Table, files: dict[str, IncludedFile]) -> None:
+    for guest in files:
+        folder = guest.rpartition("/")[0]
+        while folder:
+            if folder in files:
+                raise table.error("files", f"`{folder}` would be both a file and a folder")
+            folder = folder.rpartition("/")[0]
 
 
 def _glob(folder: Path, pattern: str) -> Iterator[Path]:

@@ -132,7 +132,7 @@ def test_spin_files_globs_folders_excludes_and_mappings(app: Path):
         executor = { type = "wagi" }
         [component.c]
         source = "hello.wat"
-        files = ["static/**/*", { source = "content", destination = "/data" },
+        files = ["static/**/*", { source = "content", destination = "/./data//" },
                  { source = "static/index.html", destination = "/index.html" }, "none/*.txt"]
         exclude_files = ["static/*.key"]
     """,
@@ -286,6 +286,26 @@ ERRORS = [
         10,
         "outside the application folder",
         id="files-outside-app",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD
+        + "files = [{ source = 'static/index.html', destination = '/../../tmp/x.html' }]\n",
+        10,
+        "destination: must not contain `..`",
+        id="files-destination-climbs",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "files = [{ source = 'static/index.html', destination = '/' }]\n",
+        10,
+        "destination: a file's destination must name a file",
+        id="files-destination-root",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "files = [{ source = 'static/index.html', destination = '/a' },\n"
+        "         { source = 'static/index.html', destination = '/a/b' }]\n",
+        10,
+        "files: `/a` would be both a file and a folder",
+        id="files-file-and-folder",
     ),
     pytest.param(
         SPIN_V2_HEAD + "key_value_stores = ['default']\n",
