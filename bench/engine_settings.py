@@ -32,7 +32,7 @@ SETTINGS = {
 
 def measure(settings: EngineSettings, module: Path, batch: int = 400) -> tuple[float, float]:
     engine = Engine(None, settings)
-    program = engine.link(engine.load(module).module, module.name)
+    program = engine.link(engine.load(module), module.name)
     make, run = [], []
     for _ in range(5):
         started = time.perf_counter()

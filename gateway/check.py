@@ -216,7 +216,7 @@ def _program(
         return problem(str(error))
     module = loaded[module_file.digest] = module_file.module
     try:
-        program = engine.link(module, component.source.name)
+        program = engine.link(module_file, component.source.name)
     except LoadError as error:
         foreign = {item.module for item in module.imports if item.module != WASI_MODULE}
         if foreign:

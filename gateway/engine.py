@@ -124,6 +124,8 @@ class LoadedModule:
     seconds: float
     size: int
     digest: str
+    # Its start function runs whenever an instance is made (see `Program.instantiate`).
+    has_start_function: bool = False
 
 
 class Engine:
@@ -186,7 +188,8 @@ class Engine:
             if entry:
                 self.cache.store(module, entry)
         seconds = time.perf_counter() - started
-        return LoadedModule(module, how, seconds, len(module_bytes), digest)
+        starts = _has_start_function(module_bytes)
+        return LoadedModule(module, how, seconds, len(module_bytes), digest, starts)
 
     def _compile(self, source: Path, module_bytes: bytes) -> wasmtime.Module:
         if module_bytes.startswith(_COMPONENT_HEADER):
@@ -207,8 +210,9 @@ class Engine:
                 f"{source}: not a valid WebAssembly module: {_one_line(str(error))}"
             ) from None
 
-    def link(self, module: wasmtime.Module, name: str) -> Program:
+    def link(self, loaded: LoadedModule, name: str) -> Program:
         """Resolve a module's imports against WASI once, for cheap instantiation."""
+        module = loaded.module
         unsupported = [
             f"{item.module}::{item.name}" for item in module.imports if item.module != WASI_MODULE
         ]
@@ -221,7 +225,7 @@ class Engine:
             instance_pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as error:
             raise LoadError(f"{name}: cannot link: {_one_line(str(error))}") from None
-        return Program(self, module, instance_pre)
+        return Program(self, module, instance_pre, loaded.has_start_function)
 
 
 def _engine_config(settings: EngineSettings) -> wasmtime.Config:
@@ -246,9 +250,16 @@ def _engine_config(settings: EngineSettings) -> wasmtime.Config:
 class Program:
     """A module linked against WASI, ready to be instantiated many times."""
 
-    def __init__(self, engine: Engine, module: wasmtime.Module, instance_pre: object) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        module: wasmtime.Module,
+        instance_pre: object,
+        has_start_function: bool = False,
+    ) -> None:
         self.engine = engine
         self.module = module
+        self.has_start_function = has_start_function
         self._instance_pre = instance_pre  # keeps the InstancePre alive
         self._instance_pre_address = native.address(instance_pre)
         self.exports = {item.name: item.type for item in module.exports}
@@ -291,17 +302,79 @@ class Program:
         store = native.wasmtime_store_new(self.engine.address, None, None)
         context = native.wasmtime_store_context(store)
         native.wasmtime_store_limiter(store, memory_limit, -1, -1, -1, -1)
-        native.wasmtime_context_set_epoch_deadline(context, _NO_DEADLINE)
         handle = native.InstanceHandle()
         trap = c_void_p()
-        error = native.wasmtime_instance_pre_instantiate(
-            self._instance_pre_address, context, byref(handle), byref(trap)
-        )
+        if self.has_start_function:
+            error = self._instantiate_running_start(context, handle, trap)
+        else:
+            native.wasmtime_context_set_epoch_deadline(context, _NO_DEADLINE)
+            error = native.wasmtime_instance_pre_instantiate(
+                self._instance_pre_address, context, byref(handle), byref(trap)
+            )
         if error or trap.value:
             native.wasmtime_store_delete(store)
-            reason = native.error_text(error) if error else native.trap_details(trap.value)[0]
-            raise LoadError(f"cannot instantiate: {reason}")
+            raise LoadError(f"cannot instantiate: {_instantiation_failure(error, trap.value)}")
         return Instance(store, context, handle, self.is_reactor, memory_limit)
+
+    def _instantiate_running_start(self, context: int, handle: object, trap: c_void_p) -> int:
+        """Instantiate a module whose start function runs now, within START_FUNCTION_LIMIT:
+        instances are made outside any request, so nothing else would stop it."""
+        settings, ticker = self.engine.settings, self.engine.ticker
+        ticks = max(1, math.ceil(START_FUNCTION_LIMIT / settings.epoch_tick))
+        native.wasmtime_context_set_epoch_deadline(context, ticks)
+        ticker.thread_started()
+        try:
+            return native.wasmtime_instance_pre_instantiate_running_start(
+                self._instance_pre_address, context, byref(handle), byref(trap)
+            )
+        finally:
+            ticker.thread_stopped()
+            native.wasmtime_context_set_epoch_deadline(context, _NO_DEADLINE)
+
+
+START_FUNCTION_LIMIT = 0.25  # seconds a module's start function may run per instance
+
+
+def _instantiation_failure(error: int | None, trap: int | None) -> str:
+    if error:
+        return native.error_text(error)
+    message, code = native.trap_details(trap)
+    if code == native.TRAP_CODE_INTERRUPT:
+        return f"its start function ran longer than {START_FUNCTION_LIMIT:g} s"
+    return _one_line(message)
+
+
+def _has_start_function(module_bytes: bytes) -> bool:
+    """Whether a module (binary or text) has a start section."""
+    if not module_bytes.startswith(b"\0asm"):
+        try:
+            module_bytes = wasmtime.wat2wasm(module_bytes.decode("utf-8", "replace"))
+        except wasmtime.WasmtimeError:
+            return False  # not valid text: it did not compile either
+    position = 8  # past the magic number and the version
+    while position < len(module_bytes):
+        section_id = module_bytes[position]
+        size, position = _leb128(module_bytes, position + 1)
+        if section_id == _START_SECTION:
+            return True
+        position += size
+    return False
+
+
+_START_SECTION = 8
+
+
+def _leb128(data: bytes, position: int) -> tuple[int, int]:
+    """An unsigned LEB128 number at `position`, and the position after it."""
+    value = shift = 0
+    while position < len(data):
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value, position
 
 
 SHUTTING_DOWN = "the gateway is shutting down"  # why a guest is cancelled

@@ -215,9 +215,7 @@ def _prepare(
     if loaded is None:
         loaded = modules[component.source] = _load_module(component, engine, known)
     try:
-        program = engine.link(
-            loaded.module, f"component `{component.id}` ({component.source.name})"
-        )
+        program = engine.link(loaded, f"component `{component.id}` ({component.source.name})")
     except LoadError as error:
         raise LoadError(str(error), component.origin) from None
     limits = settings.limits.merged(component.limits)

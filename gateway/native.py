@@ -45,6 +45,7 @@ Extern = ffi.wasmtime_extern_t
 EXTERN_FUNC = 0
 EXTERN_MEMORY = 3
 TRAP_CODE_STACK_OVERFLOW = 0
+TRAP_CODE_INTERRUPT = 10  # an epoch deadline passed
 
 _P = c_void_p  # any pointer
 
@@ -81,6 +82,9 @@ wasmtime_context_set_epoch_deadline = _declare(_quick, "wasmtime_context_set_epo
                                                None, _P, c_uint64)
 wasmtime_instance_pre_instantiate = _declare(_quick, "wasmtime_instance_pre_instantiate", _P, _P,
                                              _P, _P, _P)
+# The same, for a module with a start function: that runs guest code, so the GIL is let go.
+wasmtime_instance_pre_instantiate_running_start = _declare(
+    _slow, "wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
 wasmtime_instance_export_get = _declare(_quick, "wasmtime_instance_export_get", c_bool, _P, _P,
                                         c_char_p, c_size_t, _P)
 wasmtime_memory_data_size = _declare(_quick, "wasmtime_memory_data_size", c_size_t, _P, _P)

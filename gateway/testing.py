@@ -192,7 +192,7 @@ def run_module(
     source = Path(module)
     engine = Engine(cache_dir or default_cache_dir(), TEST_ENGINE)
     loaded = engine.load(source)
-    program = engine.link(loaded.module, source.name)
+    program = engine.link(loaded, source.name)
     invocation = Invocation(
         argv=list(args) if args is not None else [source.name],
         env=dict(env or {}),

@@ -197,7 +197,7 @@ def link_wat(engine: Engine, tmp_path: Path, wat: str, name: str = "guest") -> P
     """Write `wat` to NAME.wat in the test's folder, load and link it."""
     path = tmp_path / f"{name}.wat"
     path.write_text(wat)
-    return engine.link(engine.load(path).module, name)
+    return engine.link(engine.load(path), name)
 
 
 def run_wagi(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import EXAMPLE, routes_guest, run_wagi
 from gateway.check import check_app
-from gateway.engine import Engine
+from gateway.engine import START_FUNCTION_LIMIT, Engine
 from gateway.routing import RoutePattern
 
 TRIGGER = '[[trigger.http]]\nroute = "{route}"\ncomponent = "{component}"\nexecutor = {executor}\n'
@@ -191,6 +191,20 @@ def test_a_routes_export_that_never_returns_is_stopped(tmp_path):
     status, lines = check(tmp_path / "modules.toml")
     assert status == 1
     assert lines[0].endswith("`_routes` failed: ran longer than its limit of 0.3 s")
+
+
+def test_a_start_function_that_never_returns_is_stopped(tmp_path):
+    # wasm's start function runs whenever an instance is made, outside any request
+    (tmp_path / "loop.wat").write_text(
+        '(module (memory (export "memory") 1) (func $spin (loop $l (br $l))) (start $spin)'
+        ' (func (export "_start")))'
+    )
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "loop.wat"\n')
+    status, lines = check(tmp_path / "modules.toml")
+    assert status == 1
+    assert lines[0].endswith(
+        f"cannot instantiate: its start function ran longer than {START_FUNCTION_LIMIT:g} s"
+    )
 
 
 def test_a_schema_error_is_one_line_with_its_line_number(tmp_path):

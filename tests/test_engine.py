@@ -47,13 +47,31 @@ def test_a_trap_with_causes_is_one_line_without_the_backtrace(engine, tmp_path):
     )
 
 
+def test_a_start_function_runs_when_an_instance_is_made(engine, tmp_path):
+    # `_start` traps unless the start function has set the global first
+    wat = """(module (global $started (mut i32) (i32.const 0))
+        (func $init (global.set $started (i32.const 1))) (start $init)
+        (func (export "_start") (if (i32.eqz (global.get $started)) (then unreachable))))"""
+    program = link_wat(engine, tmp_path, wat)
+    assert program.has_start_function
+    assert run(program).ok
+
+
+def test_a_start_function_that_runs_on_is_stopped(engine, tmp_path):
+    wat = '(module (func $spin (loop $l (br $l))) (start $spin) (func (export "_start")))'
+    program = link_wat(engine, tmp_path, wat)
+    with pytest.raises(LoadError, match="its start function ran longer than"):
+        program.instantiate()
+    assert not engine.ticker.ticking  # and the ticker it needed has stopped again
+
+
 def test_each_run_starts_with_empty_output(engine, tmp_path):
     prog = link_wat(engine, tmp_path, cgi_guest(b"same"))
     assert [run(prog).stdout for _ in range(3)] == [b"same"] * 3
 
 
 def test_argv_environment_and_stdin_reach_the_guest(engine, example_apps):
-    prog = engine.link(engine.load(ROOT / "apps" / "env" / "env.wasm").module, "env")
+    prog = engine.link(engine.load(ROOT / "apps" / "env" / "env.wasm"), "env")
     outcome = run(prog, argv=["/env", "a=1"], env={"GREETING": "hé"}, stdin=b"the body")
     text = outcome.stdout.decode()
     assert "argv[0]=/env\nargv[1]=a=1\n" in text
@@ -92,7 +110,7 @@ def test_compiled_modules_come_from_the_cache_the_second_time(tmp_path):
     restarted = Engine(tmp_path / "cache")
     second = restarted.load(source)
     assert (first.how, second.how) == ("compiled", "cached")
-    assert run(restarted.link(second.module, "g")).stdout == b"cached"
+    assert run(restarted.link(second, "g")).stdout == b"cached"
 
 
 def test_a_corrupt_cache_entry_is_replaced(tmp_path):

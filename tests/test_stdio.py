@@ -122,7 +122,7 @@ from gateway.engine import Engine, Invocation
 path = Path({str(tmp_path)!r}) / "g.wat"
 path.write_text(cgi_guest(b"out", b"err"))
 engine = Engine(None)
-program = engine.link(engine.load(path).module, "g")
+program = engine.link(engine.load(path), "g")
 for _ in range(50):
     assert program.instantiate().run("_start", Invocation(["g"], {{}})).stdout == b"out"
 print("done")
