@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from .config import parse_port
 from .manifest import DEFAULT_ARGV
 from .routing import Match
 
@@ -246,7 +247,7 @@ def _split_host(host: str) -> tuple[str, int | None]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         name, _, port_text = host.partition(":")
-    return name, int(port_text) if port_text.isdigit() else None
+    return name, parse_port(port_text)
 
 
 # --------------------------------------------------------------------------- response

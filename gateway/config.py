@@ -8,6 +8,7 @@ before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -56,8 +57,8 @@ def parse_duration(text: str | int | float) -> float:
             raise ConfigError(f"not a duration: {text!r} (use seconds, or 500ms, 30s, 2m)")
         scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
         seconds = float(match.group(1)) * scale
-    if seconds <= 0:
-        raise ConfigError(f"duration must be positive: {text!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"duration must be positive and finite: {text!r}")
     return seconds
 
 
@@ -98,11 +99,19 @@ def parse_env_file(path: Path) -> list[tuple[str, str]]:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """Parse `HOST:PORT` (IPv6 hosts in brackets: `[::1]:3000`)."""
-    host, sep, port = text.rpartition(":")
+    host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    port = parse_port(port_text)
+    if not sep or not host or port is None:
         raise ConfigError(f"expected HOST:PORT for --listen, got {text!r}")
-    return host, int(port)
+    return host, port
+
+
+def parse_port(text: str) -> int | None:
+    """A TCP port written in ASCII digits (0-65535), or None for anything else."""
+    if text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535:
+        return int(text)
+    return None
 
 
 def default_cache_dir() -> Path:

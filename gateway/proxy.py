@@ -14,7 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config import ConfigError, parse_port
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -129,11 +129,11 @@ def _address(text: str) -> tuple[str, int] | None:
     port = 0
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
+        if rest.startswith(":"):
+            port = parse_port(rest[1:]) or 0
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
-        port = int(port_text) if port_text.isdigit() else 0
+        port = parse_port(port_text) or 0
     else:
         host = text
     try:

@@ -92,6 +92,8 @@ def test_no_body_means_content_length_zero_and_no_content_type():
         (b"example.com", "http", "example.com", "80", "http://example.com:80/env/foo%20bar"),
         (b"example.com", "https", "example.com", "443", "https://example.com:443/env/foo%20bar"),
         (b"[::1]:9000", "http", "[::1]", "9000", "http://[::1]:9000/env/foo%20bar"),
+        (b"a:" + b"9" * 5000, "http", "a", "80", "http://a:80/env/foo%20bar"),  # no port
+        (b"a:\xc2\xb2", "http", "a", "80", "http://a:80/env/foo%20bar"),  # `2` superscript
         (
             None,
             "http",

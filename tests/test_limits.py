@@ -238,3 +238,7 @@ def test_bad_limits_in_a_manifest_are_located(tmp_path: Path):
     path.write_text('[[module]]\nroute = "/"\nmodule = "a.wat"\nmax_memory = "huge"\n')
     with pytest.raises(ManifestError, match=r"modules.toml:4: module\[0\].max_memory: not a size"):
         load_manifest(path)
+    for endless in ("nan", "inf"):
+        path.write_text(f'[[module]]\nroute = "/"\nmodule = "a.wat"\nrequest_timeout = {endless}\n')
+        with pytest.raises(ManifestError, match="request_timeout: duration must be positive and"):
+            load_manifest(path)

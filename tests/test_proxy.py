@@ -57,6 +57,12 @@ CASES = [
         Forwarded(("2001:db8::1", 4711), "http", None),
     ),  # Forwarded wins over X-Forwarded-*
     ("127.0.0.1", "127.0.0.1", headers(forwarded="for=unknown"), Forwarded(None, None, None)),
+    (
+        "*",
+        "192.0.2.1",
+        headers(x_forwarded_for="1.2.3.4:" + "9" * 5000),
+        Forwarded(("1.2.3.4", 0), None, None),
+    ),  # a port too long to be one is none
 ]
 
 
