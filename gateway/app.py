@@ -133,13 +133,14 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _load_in_background(self) -> None:
-        try:
-            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, None)
-        except Exception as error:  # reported by the caller of serve, then exit 1
-            self.load_error = error
-            self._stop.set()
-            return
-        self._install(loaded)
+        async with self._reloading:  # a reload asked for meanwhile comes after this load
+            try:
+                loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, None)
+            except Exception as error:  # reported by the caller of serve, then exit 1
+                self.load_error = error
+                self._stop.set()
+                return
+            self._install(loaded)
         log.info("ready: version %d, %d routes", loaded.version, len(loaded.routes.routes))
         self._spawn(self._sync_pool_metrics())
         for run in self.background:
@@ -170,6 +171,8 @@ class Gateway:
         happened. Returns whether the new version took over.
         """
         async with self._reloading:
+            if self.loaded is None:  # the first load failed: the gateway is stopping
+                return False
             started = time.perf_counter()
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(
@@ -194,8 +197,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        # SIGHUP reloads the app (the supervisor of several workers sends it).
+        # SIGHUP reloads the app (the supervisor of several workers sends it). A worker
+        # starts with it blocked, so one sent meanwhile is delivered now.
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload("SIGHUP")))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         await self._stop.wait()
         # Stop being ready at once, so load balancers stop sending traffic; hypercorn
         # now stops accepting and lets requests in flight finish.

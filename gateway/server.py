@@ -254,6 +254,7 @@ class Supervisor:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._stop)
+        signal.signal(signal.SIGHUP, self._forward)
         for number in range(1, self.count + 1):
             self._start(number)
         while self.workers:
@@ -268,7 +269,13 @@ class Supervisor:
             args=(number, self.sockets, *self.args),
             name=f"wagi-worker-{number}",
         )
-        worker.start()
+        # The worker inherits SIGHUP blocked: a reload sent while it starts waits until
+        # it can reload (`Gateway.until_stopped`), instead of killing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         self.workers[number] = worker
         self.started[number] = time.monotonic()
 
@@ -293,6 +300,10 @@ class Supervisor:
         log.error("worker %d exited with status %s; starting a new one", number, worker.exitcode)
         time.sleep(0.5)  # do not spin if workers die at start
         self._start(number)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        log.info("telling the workers to reload (%s)", signal.Signals(signum).name)
+        self.signal_workers(signum)
 
     def signal_workers(self, signum: int) -> None:
         """Send a signal to every running worker."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, cgi_guest, get, run_wagi, spin_toml, wait_for_log
+from conftest import ROOT, Server, cgi_guest, get, run_wagi, spin_toml, wait_for_log
 from gateway.build import is_up_to_date, watches
 from gateway.manifest import Build, load_manifest
 
@@ -253,6 +253,21 @@ def test_workers_reload_together(serve, app):
     wait_for_log(server, "reloaded to version 2", count=2)  # both workers
     assert "telling the workers to reload" in server.log()
     assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
+
+
+def test_sighup_to_several_workers_reloads_them_even_while_they_start(tmp_path, app):
+    server = Server(["-c", str(app / "spin.toml"), "--workers", "2",
+                     "--cache-dir", str(tmp_path / "c")], ROOT, tmp_path / "log")  # fmt: skip
+    try:
+        wait_for_log(server, "wagi:   two")  # the supervisor starts its workers after this
+        (app / "one.wat").write_text(says("one after hup"))
+        server.process.send_signal(signal.SIGHUP)  # forwarded to workers still starting
+        server.wait_ready()
+        wait_for_log(server, "reloaded to version 2", count=2)
+        assert "exited with status" not in server.log()
+        assert {get(server, "/one").text for _ in range(20)} == {"one after hup"}
+    finally:
+        server.stop()
 
 
 def test_no_request_fails_while_the_app_reloads_again_and_again(serve, app):
