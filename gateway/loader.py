@@ -235,13 +235,19 @@ def _prepare(
         )
     pool_size = _pool_size(component, settings)
     pool = InstancePool(program, pool_size, component.id, limits.max_memory)
+    staged = None
     try:
         pool.fill()
-    except LoadError as error:
-        raise LoadError(f"component `{component.id}`: {error}", component.origin) from None
+        staged = StagedFiles(component) if component.files else None
+        component_log = ComponentLog(settings.log_dir, component.id)
+    except (LoadError, OSError) as error:
+        pool.close()  # the instance slots it holds would otherwise be lost for good
+        if staged is not None:
+            staged.close()
+        reason = str(error) if isinstance(error, LoadError) else _os_problem(error)
+        raise LoadError(f"component `{component.id}`: {reason}", component.origin) from None
     log.info("component %s: %d instances ready", component.id, pool_size)
     admission = Admission(limits.max_concurrency)
-    staged = StagedFiles(component) if component.files else None
     env = dict(environment)
     env.update(component.environment)
     return ComponentRuntime(
@@ -254,9 +260,15 @@ def _prepare(
         admission=admission,
         env=env,
         mounts=guest_mounts(component, staged),
-        log=ComponentLog(settings.log_dir, component.id),
+        log=component_log,
         staged=staged,
     )
+
+
+def _os_problem(error: OSError) -> str:
+    """`cannot write /srv/logs/app.log: Permission denied`, say."""
+    where = f" {error.filename}" if error.filename else ""
+    return f"cannot write{where}: {error.strerror or error}"
 
 
 def _load_module(

@@ -20,13 +20,20 @@ class StagedFiles:
 
     def __init__(self, component: Component) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=f"wagi-{component.id}-"))
-        for item in component.files:
-            target = self.folder / item.guest_path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(item.host_path, target)
-            except OSError:
-                shutil.copyfile(item.host_path, target)
+        try:
+            for item in component.files:
+                self._stage(item.host_path, self.folder / item.guest_path.lstrip("/"))
+        except OSError:
+            self.close()
+            raise
+
+    @staticmethod
+    def _stage(source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem, or links not allowed: copy
+            shutil.copyfile(source, target)
 
     def close(self) -> None:
         """Delete the staging folder."""

@@ -194,7 +194,7 @@ def _watch_for_workers(
             _, loaded = await asyncio.to_thread(_load_and_close, settings, engine, modules)
             modules.clear()
             modules.update(loaded)
-        except (ConfigError, ManifestError, LoadError) as error:
+        except Exception as error:  # whatever it is, the watcher must go on watching
             log.error("reload failed (%s): %s; the workers keep the running version", reason, error)
             return False
         built = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""

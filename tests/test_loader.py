@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import cgi_guest, routes_guest, spin_toml
-from gateway.config import Settings
+from gateway.config import EngineSettings, Settings
 from gateway.engine import Engine, LoadError
 from gateway.loader import load_app
 from gateway.manifest import ManifestError, load_manifest
@@ -120,3 +121,22 @@ def test_staged_files_are_removed_on_close(tmp_path):
     assert (staged / "f.txt").read_text() == "x"
     app.close()
     assert not staged.exists()
+
+
+def test_a_load_that_fails_late_gives_back_its_instances_and_staged_files(tmp_path):
+    (tmp_path / "m.wat").write_text(cgi_guest())
+    (tmp_path / "f.txt").write_text("x")
+    path = tmp_path / "spin.toml"
+    path.write_text(spin_toml({"/": "m"}, 'files = ["f.txt"]\n'))
+    (tmp_path / "not-a-folder").write_text("")
+    engine_settings = EngineSettings(max_instances=16)
+    engine = Engine(tmp_path / "cache", engine_settings)
+    staging_before = set(Path(tempfile.gettempdir()).glob("wagi-m-*"))
+    broken = Settings(manifest=path, log_dir=tmp_path / "not-a-folder" / "logs",
+                      pool_size=4, engine=engine_settings)  # fmt: skip
+    for _ in range(5):  # 5 x 4 instances: more than the 16 slots, unless given back
+        with pytest.raises(LoadError, match=r"component `m`: cannot write .*not-a-folder"):
+            load_app(load_manifest(path), broken, engine)
+    assert set(Path(tempfile.gettempdir()).glob("wagi-m-*")) == staging_before
+    working = Settings(manifest=path, pool_size=4, engine=engine_settings)
+    load_app(load_manifest(path), working, engine).close()
