@@ -252,6 +252,8 @@ def _split_host(host: str) -> tuple[str, int | None]:
 
 # --------------------------------------------------------------------------- response
 
+# Like a proxy's header buffer: no real response needs more, and parsing is bounded.
+MAX_HEADER_BLOCK = 64 * 1024
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Header values may hold visible ASCII, spaces, tabs and obs-text; no other controls.
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -313,17 +315,23 @@ def parse_response(output: bytes) -> Response:
 def _find_header_end(output: bytes) -> tuple[int, int]:
     """Where the header block ends and the body starts; (-1, -1) without an empty line.
 
-    An empty line first of all gives (0, ...): a body with no header block.
+    An empty line first of all gives (0, ...): a body with no header block. Only the
+    first MAX_HEADER_BLOCK bytes are searched, so a flood of header lines costs little.
     """
-    position = 0
-    while True:
-        newline = output.find(b"\n", position)
-        if newline < 0:
-            return -1, -1
-        line = output[position:newline]
-        if line in (b"", b"\r"):
-            return max(position - 1, 0), newline + 1  # position - 1: the last header's \n
-        position = newline + 1
+    for empty in (b"\n", b"\r\n"):
+        if output.startswith(empty):
+            return 0, len(empty)
+    limit = MAX_HEADER_BLOCK + 3  # room for the empty line that ends a full block
+    found = [
+        (at, at + len(separator))
+        for separator in (b"\n\n", b"\n\r\n")
+        if (at := output.find(separator, 0, limit)) >= 0
+    ]
+    if found:
+        return min(found)
+    if len(output) > MAX_HEADER_BLOCK and (b"\n\n" in output or b"\n\r\n" in output):
+        raise CgiError(502, f"module printed a CGI header block over {MAX_HEADER_BLOCK} bytes")
+    return -1, -1
 
 
 def _header_line(line: bytes) -> tuple[bytes, bytes]:

@@ -55,6 +55,10 @@ def setup_logging(level: str = "info", prefix: str = "", log_format: str = "text
     root.setLevel(level.upper())
 
 
+# Stderr logged per request: logging is done on the event loop, line by line.
+MAX_STDERR_LOGGED = 64 * 1024
+
+
 class ComponentLog:
     """Appends a component's guest stderr to `<log_dir>/<component>.log`."""
 
@@ -66,10 +70,16 @@ class ComponentLog:
             self._file = open(log_dir / f"{component_id}.log", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, request_id: str, stderr: bytes) -> None:
-        """Record a run's stderr, each line tagged with the component and request id."""
-        text = stderr.decode("utf-8", "replace")
+        """Record a run's stderr, each line tagged with the component and request id;
+        beyond MAX_STDERR_LOGGED bytes, one line says how much more there was."""
+        logged = stderr
+        if len(stderr) > MAX_STDERR_LOGGED:
+            logged = stderr[:MAX_STDERR_LOGGED]
+            logged = logged[: logged.rfind(b"\n") + 1 or None]  # whole lines, if any
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        lines = text.splitlines()
+        lines = logged.decode("utf-8", "replace").splitlines()
+        if len(logged) < len(stderr):
+            lines.append(f"... {len(stderr) - len(logged)} more bytes of stderr not logged")
         for line in lines:
             guest_log.info(
                 "[%s %s] %s",

@@ -252,3 +252,15 @@ def test_unusable_output_is_a_clean_error(stdout, status):
 def test_no_header_block_is_named_as_such():
     with pytest.raises(cgi.CgiError, match="module printed no CGI header block"):
         cgi.parse_response(b"just text\n")
+
+
+def test_a_header_block_is_read_up_to_a_bound():
+    count = (cgi.MAX_HEADER_BLOCK - 25) // 7  # lines of 7 bytes after a first of 25
+    lines = b"Content-Type: text/plain\n" + b"X-A: b\n" * count
+    assert len(cgi.parse_response(lines + b"\nbody").headers) == count + 1
+    flood = lines + b"X-A: b\n" * 10
+    with pytest.raises(cgi.CgiError, match="CGI header block over 65536 bytes") as caught:
+        cgi.parse_response(flood + b"\nbody")
+    assert caught.value.status == 502
+    with pytest.raises(cgi.CgiError, match="printed no CGI header block"):
+        cgi.parse_response(flood)  # no empty line at all

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import httpx
 
 from conftest import SPIN, cgi_guest, wait_for_log
+from gateway.logs import MAX_STDERR_LOGGED, ComponentLog
 from gateway.metrics import Metrics
 
 
@@ -140,3 +141,14 @@ def test_a_reload_counts_the_old_pools_last_takes_and_drops_removed_components()
     assert metric(text, "wagi_pool_takes_total", component="removed", result="hit") == 2
     assert metric(text, "wagi_pool_ready_instances", component="kept") == 2
     assert 'wagi_pool_ready_instances{component="removed"}' not in text
+
+
+def test_guest_stderr_is_logged_up_to_a_bound(tmp_path):
+    component_log = ComponentLog(tmp_path, "noisy")
+    stderr = b"line\n" * (MAX_STDERR_LOGGED // 5 + 1000)
+    component_log.write("r1", stderr)
+    component_log.close()
+    lines = (tmp_path / "noisy.log").read_text().splitlines()
+    assert len(lines) == MAX_STDERR_LOGGED // 5 + 1  # whole lines, then what was left out
+    dropped = len(stderr) - 5 * (MAX_STDERR_LOGGED // 5)
+    assert lines[-1].endswith(f" r1 ... {dropped} more bytes of stderr not logged")
