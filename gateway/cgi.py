@@ -95,14 +95,17 @@ def argv(template: str, request: Request) -> list[str]:
     if template == DEFAULT_ARGV:  # nearly every route's, without the general loop
         return _default_argv(request)
     args = request.query.split("&") if request.query else []
+    values = {"SCRIPT_NAME": request.raw_path, "ARGS": request.query}
     result: list[str] = []
     for token in template.split():
         if token == "${ARGS}":
             result.extend(args)
-        else:
-            token = token.replace("${SCRIPT_NAME}", request.raw_path)
-            result.append(token.replace("${ARGS}", request.query))
+        else:  # one pass: a `${ARGS}` inside the path is the path's, not a placeholder
+            result.append(_PLACEHOLDER.sub(lambda found: values[found[1]], token))
     return result
+
+
+_PLACEHOLDER = re.compile(r"\$\{(SCRIPT_NAME|ARGS)\}")
 
 
 def _default_argv(request: Request) -> list[str]:
@@ -216,6 +219,10 @@ def _variable_name(header: bytes) -> str | None:
     """`HTTP_ACCEPT_LANGUAGE` for `accept-language`; None for headers never passed on."""
     if header.lower() in HIDDEN_REQUEST_HEADERS or not _TOKEN.match(header):
         return None  # HTTP parsers refuse names that are not tokens; never pass one on
+    if b"_" in header:
+        # `X_Forwarded_For` would pass as (or join onto) `X-Forwarded-For`'s variable;
+        # nginx and Apache drop such headers too.
+        return None
     return "HTTP_" + header.decode("latin-1").upper().replace("-", "_")
 
 

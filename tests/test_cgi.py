@@ -39,6 +39,7 @@ ARGV = [
     ("tool --path=${SCRIPT_NAME} ${ARGS}", "/a", "b&c", ["tool", "--path=/a", "b", "c"]),
     ("x ${ARGS} y", "/a", "", ["x", "y"]),
     ("q=${ARGS}", "/a", "b&c", ["q=b&c"]),
+    ("--path=${SCRIPT_NAME}", "/a${ARGS}", "b", ["--path=/a${ARGS}"]),  # the path's own text
 ]
 
 
@@ -134,6 +135,13 @@ def test_headers_become_http_variables_and_repeats_are_joined():
 def test_credentials_and_httpoxy_headers_are_never_passed(name):
     env = environment(request(headers=[(name, b"http://evil:8080")]))
     assert not [key for key in env if key.startswith("HTTP_")]
+
+
+def test_header_names_with_underscores_are_dropped():
+    # they would pose as the dashed header a proxy in front has set
+    headers = [(b"x_forwarded_for", b"6.6.6.6"), (b"x-forwarded-for", b"1.1.1.1")]
+    env = environment(request(headers=headers))
+    assert env["HTTP_X_FORWARDED_FOR"] == "1.1.1.1"
 
 
 def test_non_utf8_header_values_pass_as_latin1():
