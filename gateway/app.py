@@ -59,6 +59,7 @@ FAILURE_STATUS = {
     Failure.OUTPUT: 502,
     Failure.TIMEOUT: 504,
     Failure.CANCELLED: 503,
+    Failure.BUSY: 503,
 }
 # Failures that are a limit at work (counted as limit violations in the metrics).
 LIMIT_FAILURES = frozenset({Failure.TIMEOUT, Failure.MEMORY, Failure.OUTPUT})
@@ -432,7 +433,8 @@ class Gateway:
                 self.metrics.limit(component.id, outcome.failure)
             reason = f"{outcome.failure}: {outcome.error}"
             _log_answer(logging.ERROR, request_id, status, handler, reason)
-            return await _respond(send, request_id, status), 0
+            retry = outcome.failure == Failure.BUSY
+            return await _respond(send, request_id, status, retry=retry), 0
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:

@@ -58,6 +58,10 @@ class LoadError(Exception):
         self.origin = origin
 
 
+class NoInstanceSlot(LoadError):
+    """Every instance slot of the pooling allocator is in use (a passing condition)."""
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one run of a guest produced."""
@@ -87,6 +91,7 @@ class Failure:
     TIMEOUT = "timeout"  # it ran past its deadline and was stopped
     START = "start"  # it could not start (no such entrypoint, WASI setup)
     CANCELLED = "cancelled"  # stopped because the gateway is shutting down
+    BUSY = "busy"  # every instance slot was in use: it may work in a moment
 
 
 class FixedEnvironment:
@@ -313,7 +318,10 @@ class Program:
             )
         if error or trap.value:
             native.wasmtime_store_delete(store)
-            raise LoadError(f"cannot instantiate: {_instantiation_failure(error, trap.value)}")
+            reason = _instantiation_failure(error, trap.value)
+            # wasmtime's C API gives this condition no code of its own, only its message.
+            busy = "maximum concurrent limit" in reason
+            raise (NoInstanceSlot if busy else LoadError)(f"cannot instantiate: {reason}")
         return Instance(store, context, handle, self.is_reactor, memory_limit)
 
     def _instantiate_running_start(self, context: int, handle: object, trap: c_void_p) -> int:

@@ -31,6 +31,7 @@ from .engine import (
     GuestCall,
     Invocation,
     LoadError,
+    NoInstanceSlot,
     Outcome,
     timeout_message,
 )
@@ -78,6 +79,8 @@ class Executor:
             return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         try:
             instance = pool.take()
+        except NoInstanceSlot as error:
+            return Outcome(b"", b"", failure=Failure.BUSY, error=str(error))
         except LoadError as error:
             return Outcome(b"", b"", failure=Failure.START, error=str(error))
         pool.refill_soon(loop)

@@ -189,6 +189,20 @@ def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp
     assert "too many requests for sleeper" in server.log()
 
 
+def test_no_free_instance_slot_is_a_503_to_retry(serve, tmp_path):
+    (tmp_path / "nap.wat").write_text(sleeper(1.0, b"rested"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nmax_concurrency = 8\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"), "--max-instances", "2", "--pool-size", "0")
+    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+        answers = list(threads.map(lambda _: httpx.get(f"{server.url}/nap", timeout=30), range(4)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200, 200, 503, 503]  # two slots, two guests sleeping in them
+    assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
+    assert "busy: cannot instantiate: maximum concurrent limit of 2" in server.log()
+
+
 def test_a_burst_of_quick_requests_queues_rather_than_being_refused(serve, tmp_path):
     (tmp_path / "nap.wat").write_text(sleeper(0.02, b"rested"))
     (tmp_path / "modules.toml").write_text(
