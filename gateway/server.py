@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import logging
 import os
 import shutil
@@ -210,11 +211,30 @@ def _watch_for_workers(
 
 def _worker_main(number: int, sockets: list[socket.socket], settings: Settings) -> None:
     setup_logging(settings.log_level, f"worker {number}", settings.log_format)
+    _stop_with_parent()
     try:
         _serve_in_process(settings, sockets)
     except (ConfigError, ManifestError, LoadError) as error:
         log.error("%s", error)
         raise SystemExit(1) from None
+
+
+def _stop_with_parent() -> None:
+    """Have the kernel send this worker SIGTERM when its supervisor dies (Linux), so
+    that a killed supervisor leaves no workers serving on its sockets."""
+    import multiprocessing  # already imported: this process was spawned by it
+
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor still stops its workers on SIGTERM and SIGINT
+    if parent is not None and os.getppid() != parent.pid:  # it died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class Supervisor:
