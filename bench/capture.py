@@ -15,7 +15,7 @@ Variants:
   custom-python  stdout/stderr_custom with a Python callback (wasmtime-py's API)
   fd_write-python  WASI fd_write replaced by a wasmtime-py host function (the reference's lead)
   fd_write-ctypes  WASI fd_write replaced by a raw ctypes callback (what the gateway does:
-                   gateway/stdio.py)
+                   gateway/wasi.py)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import wasmtime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import native, stdio  # noqa: E402
+from gateway import native, wasi  # noqa: E402
 from gateway.config import EngineSettings  # noqa: E402
 from gateway.engine import Engine  # noqa: E402
 
@@ -82,7 +82,7 @@ class Capture:
         elif self.name == "fd_write-python":
             self.chunks = []
         elif self.name == "fd_write-ctypes":
-            self.output = stdio.capture(context, 1 << 30)
+            self.output = wasi.capture(context, 1 << 30)
         elif self.name == "custom-python":
             self.chunks = []
             address = ctypes.cast(self.python_callback, c_void_p).value
@@ -153,7 +153,7 @@ def run_variant(engine: Engine, module: wasmtime.Module, variant: str, runs: int
         for store, context, function in handles:
             started = time.perf_counter()
             output = _request(context, function, capture)
-            stdio.release(context)
+            wasi.release(context)
             native.wasmtime_store_delete(store)
             durations.append(time.perf_counter() - started)
     if variant != "none" and not output.startswith(b"Content-Type"):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import wasmtime
 
-from . import native, stdio
+from . import native, wasi
 from .cache import ModuleCache
 from .config import EngineSettings, Limits, human_size
 from .ticker import EpochTicker
@@ -142,7 +142,7 @@ class Engine:
         self.wasmtime = wasmtime.Engine(_engine_config(self.settings))
         self.linker = wasmtime.Linker(self.wasmtime)
         self.linker.define_wasi()
-        stdio.install(self.linker)
+        wasi.install(self.linker)
         self.cache = ModuleCache(cache_dir, self.fingerprint())
         self.address = native.address(self.wasmtime)
         settings = self.settings
@@ -447,7 +447,7 @@ class Instance:
         The guest runs `first_slice` epoch ticks on the first poll, then `slice_ticks`
         per poll. The instance belongs to the returned call from now on.
         """
-        output = stdio.capture(self._context, output_limit)
+        output = wasi.capture(self._context, output_limit)
         problem = self._attach_wasi(invocation)
         names = [entrypoint]
         if self._is_reactor and entrypoint != "_start":
@@ -519,7 +519,7 @@ class Instance:
     def close(self) -> None:
         """Free the store and everything in it (idempotent)."""
         if self._store:
-            stdio.release(self._context)
+            wasi.release(self._context)
             native.wasmtime_store_delete(self._store)
             self._store = 0
 
@@ -531,7 +531,7 @@ class GuestCall:
         self,
         instance: Instance,
         functions: list[native.Extern | None],
-        output: stdio.Output,
+        output: wasi.Output,
         problem: str | None,
     ) -> None:
         self._instance = instance
@@ -542,6 +542,7 @@ class GuestCall:
         self._error = c_void_p()
         self._exit_code = 0
         self._message = problem
+        self._timeout = math.inf  # the limit `run_to_end` was given
         self._failure = Failure.START if problem else None
         self.done = problem is not None
 
@@ -577,6 +578,8 @@ class GuestCall:
     ) -> Outcome:
         """Poll on this thread until the guest finishes, `deadline` (monotonic) passes,
         or `stopped` is set; each poll returns at a tick, so both are seen in time."""
+        self._output.deadline, self._output.stopped = deadline, stopped  # sleeps end by then
+        self._timeout = timeout
         while not self.poll():
             if time.monotonic() > deadline:
                 return self.cancel(Failure.TIMEOUT, timeout_message(timeout))
@@ -605,8 +608,14 @@ class GuestCall:
     def _fail(self, failure: str, message: str) -> None:
         message = _one_line(message)
         limit = self._instance.memory_limit
-        if self._output.exceeded:
-            failure, message = Failure.OUTPUT, self._output.exceeded
+        output = self._output
+        if output.exceeded:
+            failure, message = Failure.OUTPUT, output.exceeded
+        elif output.overslept:  # still asleep at the deadline, or when the gateway stopped
+            if output.stopped is not None and output.stopped.is_set():
+                failure, message = Failure.CANCELLED, SHUTTING_DOWN
+            else:
+                failure, message = Failure.TIMEOUT, timeout_message(self._timeout)
         elif limit > 0:
             size = self._instance.memory_size()
             if size + max(limit // 8, WASM_PAGE) > limit:

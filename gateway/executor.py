@@ -10,8 +10,8 @@ runs with the GIL released).
 
 Epoch deadlines cannot interrupt a guest inside a host call. The only WASI call that
 can block for long is `poll_oneoff` (sleeping), so a module that imports it always runs
-on a worker thread; and the event loop answers at the request's deadline whether or not
-that thread has got the guest back yet.
+on a worker thread. Its sleeps end by the request's deadline (`wasi`), so the thread is
+free again then; the event loop answers at the deadline either way.
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ wasmtime_context_epoch_deadline_async_yield_and_update = _declare(
     _quick, "wasmtime_context_epoch_deadline_async_yield_and_update", None, _P, c_uint64)
 wasmtime_engine_increment_epoch = _declare(_slow, "wasmtime_engine_increment_epoch", None, _P)
 
-# Host functions (stdio's `fd_write`): defined on a linker, called with a caller whose
-# store data identifies the request.
+# Host functions (`wasi`'s `fd_write` and `poll_oneoff`): defined on a linker, called with
+# a caller whose store data identifies the request.
 HostCallback = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
 wasmtime_linker_define_func_unchecked = _declare(
     _quick, "wasmtime_linker_define_func_unchecked", _P, _P, c_char_p, c_size_t, c_char_p,

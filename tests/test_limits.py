@@ -11,6 +11,7 @@ import pytest
 
 from conftest import SPIN, Server, cgi_guest, run_wagi, sleeper, spin_toml, wait_until
 from gateway.admission import QUEUE_PER_SLOT
+from gateway.config import Settings
 
 WRITE = (
     '(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
@@ -201,6 +202,25 @@ def test_no_free_instance_slot_is_a_503_to_retry(serve, tmp_path):
     assert statuses == [200, 200, 503, 503]  # two slots, two guests sleeping in them
     assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
     assert "busy: cannot instantiate: maximum concurrent limit of 2" in server.log()
+
+
+def test_guests_asleep_at_their_deadline_give_their_threads_back(serve, tmp_path):
+    (tmp_path / "long.wat").write_text(sleeper(60))
+    (tmp_path / "nap.wat").write_text(sleeper(0.05, b"rested"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/long"\nmodule = "long.wat"\nmax_concurrency = 64\n'
+        'request_timeout = "300ms"\n\n'
+        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nrequest_timeout = "3s"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    sleepers = 2 * Settings(manifest=tmp_path).guest_threads  # more than the worker threads
+    with concurrent.futures.ThreadPoolExecutor(sleepers) as threads:
+        answers = threads.map(
+            lambda _: httpx.get(f"{server.url}/long", timeout=30), range(sleepers)
+        )
+        assert [answer.status_code for answer in answers] == [504] * sleepers
+    nap = httpx.get(f"{server.url}/nap", timeout=30)  # a thread is free for it at once
+    assert (nap.status_code, nap.text) == (200, "rested")
 
 
 def test_a_burst_of_quick_requests_queues_rather_than_being_refused(serve, tmp_path):

@@ -1,14 +1,17 @@
-"""Output capture through the replaced fd_write: exact bytes, and hostile pointers refused."""
+"""The WASI calls the gateway implements: fd_write (output capture: exact bytes, hostile
+pointers refused) and poll_oneoff (sleeps that end by the call's deadline)."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import link_wat
+from conftest import link_wat, wat_string
 from gateway.engine import Engine, Invocation
 
 
@@ -132,3 +135,82 @@ print("done")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
     assert "panicked" not in result.stderr
+
+
+# ------------------------------------------------------------------------ poll_oneoff
+
+
+def subscription(userdata: int, tag: int, clock_or_fd: int = 0, timeout_ns=0, flags=0) -> bytes:
+    return struct.pack("<QB7xI4xQQH6x", userdata, tag, clock_or_fd, timeout_ns, 0, flags)
+
+
+def poll_guest(subscriptions: bytes, count: int, events_at: int = 1024) -> str:
+    """A guest that polls once, then prints the errno, the event count and the events."""
+    return f"""
+    (module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "{wat_string(subscriptions)}")
+      (func (export "_start")
+        (i32.store (i32.const 2000)
+          (call $poll (i32.const 0) (i32.const {events_at}) (i32.const {count}) (i32.const 2004)))
+        (i32.store (i32.const 3000) (i32.const 2000))
+        (i32.store (i32.const 3004) (i32.const 8))
+        (i32.store (i32.const 3008) (i32.const 1024))
+        (i32.store (i32.const 3012) (i32.const 256))
+        (drop (call $write (i32.const 1) (i32.const 3000) (i32.const 2) (i32.const 3016)))))
+    """
+
+
+def poll(engine, tmp_path, subscriptions: bytes, count: int, **guest):
+    """(errno, events as (userdata, error, type)) of one poll_oneoff call."""
+    stdout = run_wat(engine, tmp_path, poll_guest(subscriptions, count, **guest)).stdout
+    errno, nevents = struct.unpack_from("<II", stdout)
+    events = [struct.unpack_from("<QHB", stdout, 8 + 32 * n) for n in range(nevents)]
+    return errno, events
+
+
+def test_a_sleep_sleeps_for_its_time(engine, tmp_path):
+    started = time.monotonic()
+    errno, events = poll(engine, tmp_path, subscription(7, 0, 1, 50_000_000), 1)
+    assert time.monotonic() - started >= 0.05
+    assert (errno, events) == (0, [(7, 0, 0)])
+
+
+def test_an_absolute_sleep_in_the_past_returns_at_once(engine, tmp_path):
+    started = time.monotonic()
+    errno, events = poll(engine, tmp_path, subscription(1, 0, 0, 10**9, flags=1), 1)  # 1970
+    assert time.monotonic() - started < 1
+    assert (errno, events) == (0, [(1, 0, 0)])
+
+
+def test_fd_subscriptions_are_ready_without_waiting_for_the_clock(engine, tmp_path):
+    subscriptions = (
+        subscription(1, 0, 1, 60 * 10**9) + subscription(2, 1, 0) + subscription(3, 2, 1)
+    )
+    started = time.monotonic()
+    assert poll(engine, tmp_path, subscriptions, 3) == (0, [(2, 0, 1), (3, 0, 2)])
+    assert time.monotonic() - started < 1
+
+
+def test_bad_subscriptions_get_an_errno_not_a_crash(engine, tmp_path):
+    assert poll(engine, tmp_path, b"", 0)[0] == 28  # EINVAL: nothing to wait for
+    assert poll(engine, tmp_path, subscription(5, 0, 99), 1) == (0, [(5, 28, 0)])  # no clock
+    assert poll(engine, tmp_path, subscription(5, 0, 1), 1, events_at=65530)[0] == 21  # EFAULT
+
+
+def test_a_sleep_ends_by_the_calls_deadline(engine, tmp_path):
+    instance = link_wat(engine, tmp_path, poll_guest(subscription(1, 0, 1, 60 * 10**9), 1))
+    call = instance.instantiate().start("_start", Invocation(["guest"], {}), 1, 1)
+    started = time.monotonic()
+    engine.ticker.thread_started()  # the executor's worker threads tick like this
+    try:
+        outcome = call.run_to_end(started + 0.2, 0.2)
+    finally:
+        engine.ticker.thread_stopped()
+    assert time.monotonic() - started < 5  # not the 60 s it asked for
+    assert (outcome.failure, outcome.error) == ("timeout", "ran longer than its limit of 0.2 s")
+    assert outcome.stdout == b""  # it did not go on as if it had slept its fill
