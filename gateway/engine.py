@@ -24,6 +24,7 @@ import platform
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from ctypes import byref, c_void_p
@@ -147,6 +148,7 @@ class Engine:
         self.address = native.address(self.wasmtime)
         settings = self.settings
         self.ticker = EpochTicker(self.address, settings.epoch_tick, settings.inline_ticks)
+        weakref.finalize(self, self.ticker.close)  # an engine dropped unclosed stops it too
 
     def close(self) -> None:
         """Stop the epoch ticker for good (at exit it stops by itself)."""

@@ -99,6 +99,9 @@ wasmtime_call_future_delete = _declare(_quick, "wasmtime_call_future_delete", No
 wasmtime_context_epoch_deadline_async_yield_and_update = _declare(
     _quick, "wasmtime_context_epoch_deadline_async_yield_and_update", None, _P, c_uint64)
 wasmtime_engine_increment_epoch = _declare(_slow, "wasmtime_engine_increment_epoch", None, _P)
+# A second handle on an engine keeps it alive until that handle is deleted too.
+wasmtime_engine_clone = _declare(_quick, "wasmtime_engine_clone", _P, _P)
+wasm_engine_delete = _declare(_quick, "wasm_engine_delete", None, _P)
 
 # Host functions (`wasi`'s `fd_write` and `poll_oneoff`): defined on a linker, called with
 # a caller whose store data identifies the request.

@@ -68,14 +68,17 @@ class EpochTicker:
     def __init__(self, engine_address: int, interval: float, inline_ticks: int = 2) -> None:
         if interval <= 0 or inline_ticks < 1:
             raise ValueError("the epoch interval must be positive, and inline_ticks >= 1")
-        self._engine_address = engine_address
+        # The ticks go to a handle of the ticker's own, deleted only once no tick can
+        # come any more: glibc starts a thread per tick and nothing waits for it, so a
+        # tick could otherwise reach an engine freed meanwhile (that crashed the process).
+        self._engine_address = native.wasmtime_engine_clone(engine_address)
         self._interval = interval
         self._inline_ticks = inline_ticks
         self._threads = 0  # guests running off the event loop
         self._inline = False  # a guest is running on the event loop
         self._mode = _STOPPED
         self._lock = threading.Lock()
-        self._timer = _posix_timer(engine_address)
+        self._timer = _posix_timer(self._engine_address)
         self._specs = [  # by mode, ready to pass
             byref(_ITimerSpec()),
             byref(_ITimerSpec(_TimeSpec(), _timespec(interval * inline_ticks))),
@@ -83,9 +86,12 @@ class EpochTicker:
         ]
         self._ticking = threading.Event()
         self._closed = False
+        self._thread: threading.Thread | None = None
         if self._timer is None:
-            thread = threading.Thread(target=self._tick_in_python, daemon=True, name="epoch-ticker")
-            thread.start()
+            self._thread = threading.Thread(
+                target=self._tick_in_python, daemon=True, name="epoch-ticker"
+            )
+            self._thread.start()
         atexit.register(self.close)  # no tick may reach an engine that is gone
 
     def inline_started(self) -> int:
@@ -141,11 +147,11 @@ class EpochTicker:
     def _arm(self, mode: int) -> None:
         if self._closed:
             return
-        self._mode = mode
         if self._timer is None:
             (self._ticking.clear if mode == _STOPPED else self._ticking.set)()
         elif _libc.timer_settime(self._timer, 0, self._specs[mode], None) != 0:
             log.error("timer_settime failed (errno %d)", ctypes.get_errno())
+        self._mode = mode  # after the timer: `ticking` never runs ahead of the kernel
 
     def _tick_in_python(self) -> None:
         # Without POSIX timers a one-shot ticks like a periodic timer, one interval
@@ -157,7 +163,7 @@ class EpochTicker:
                 native.wasmtime_engine_increment_epoch(self._engine_address)
 
     def close(self) -> None:
-        """Stop ticking for good."""
+        """Stop ticking for good, and let go of the engine."""
         with self._lock:
             if self._closed:
                 return
@@ -166,10 +172,17 @@ class EpochTicker:
             atexit.unregister(self.close)
             if self._timer is not None:
                 _libc.timer_delete(self._timer)
+                # A tick already on its way runs in a thread glibc has just started:
+                # give it time to finish before its engine handle goes.
+                time.sleep(_LATE_TICK_GRACE)
             self._ticking.set()
+        if self._thread is not None:
+            self._thread.join()
+        native.wasm_engine_delete(self._engine_address)
 
 
 _STOPPED, _ONCE, _PERIODIC = 0, 1, 2
+_LATE_TICK_GRACE = 0.02  # seconds
 
 
 def _timespec(seconds: float) -> _TimeSpec:
