@@ -320,6 +320,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ConfigError(f"file not found: {path}")
+    if args.tls_cert is not None:
+        _check_tls_files(args.tls_cert, args.tls_key)
     return Settings(
         manifest=_manifest_path(args).absolute(),
         listen=args.listen,
@@ -335,12 +337,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         engine=EngineSettings(max_instances=args.max_instances),
         limits=_limits(args),
-        client_timeout=parse_duration(args.client_timeout),
+        client_timeout=_duration(args, "client_timeout"),
         watch=args.watch,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        watch_debounce=parse_duration(args.watch_debounce),
-        grace_period=parse_duration(args.grace_period),
+        watch_debounce=_duration(args, "watch_debounce"),
+        grace_period=_duration(args, "grace_period"),
     )
+
+
+def _duration(args: argparse.Namespace, name: str) -> float:
+    try:
+        return parse_duration(getattr(args, name))
+    except ConfigError as error:
+        raise ConfigError(f"--{name.replace('_', '-')}: {error}") from None
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -351,6 +360,19 @@ def _limits(args: argparse.Namespace) -> Limits:
         except ConfigError as error:
             raise ConfigError(f"--{name.replace('_', '-')}: {error}") from None
     return Limits(**values)
+
+
+def _check_tls_files(cert: Path, key: Path) -> None:
+    """Load the certificate and key once now, so a bad pair fails before serving."""
+    import ssl  # only needed with TLS
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error.strerror or str(error)
+        raise ConfigError(
+            f"--tls-cert {cert} and --tls-key {key}: not a usable certificate and key ({reason})"
+        ) from None
 
 
 def _number(text: object) -> object:

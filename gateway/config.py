@@ -59,7 +59,12 @@ def parse_duration(text: str | int | float) -> float:
         seconds = float(match.group(1)) * scale
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"duration must be positive and finite: {text!r}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"duration must be at most a day ({MAX_DURATION:g} s): {text!r}")
     return seconds
+
+
+MAX_DURATION = 24 * 3600.0  # longer is a mistake, and would overflow some timers
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -62,6 +62,8 @@ def create_app(name: str, template: str = DEFAULT_TEMPLATE, parent: Path | None 
     notes = []
     if builds and importlib.util.find_spec("ziglang") is None:
         notes.append("`wagi build` compiles C with zig's clang: pip install ziglang")
+    if importlib.util.find_spec("pytest") is None:
+        notes.append("the tests it came with run with pytest: pip install pytest")
     return NewApp(folder, written, steps, notes)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -207,3 +208,16 @@ def test_compile_fails_when_the_cache_cannot_be_written(tmp_path):
     result = run_wagi("compile", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("error: cannot write the compiled cache in ")
+
+
+def test_new_says_what_its_next_steps_need_that_is_missing(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    missing = {"pytest", "ziglang"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name in missing else real_find_spec(name)
+    )
+    app = create_app("demo", "hello-c", tmp_path)
+    assert app.notes == [
+        "`wagi build` compiles C with zig's clang: pip install ziglang",
+        "the tests it came with run with pytest: pip install pytest",
+    ]

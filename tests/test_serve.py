@@ -487,6 +487,12 @@ def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
         (["-l", "nowhere"], "expected HOST:PORT"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
         (["--env-file", str(tmp_path / "none.env")], "cannot read env file"),
+        (
+            ["--tls-cert", str(ROOT / "README.md"), "--tls-key", str(ROOT / "README.md")],
+            "not a usable certificate and key",
+        ),
+        (["--request-timeout", "2000000"], "--request-timeout: duration must be at most a day"),
+        (["--grace-period", "-1"], "--grace-period: not a duration"),
     ):
         result = run_wagi("serve", "-c", str(example_apps), *args)
         assert result.returncode == 1 and text in result.stderr, result.stderr
