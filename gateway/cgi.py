@@ -21,9 +21,12 @@ from .routing import Match
 HIDDEN_REQUEST_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"connection", b"proxy"}
 )
-# Hop-by-hop headers belong to one connection; Content-Length is the server's to set.
+# Hop-by-hop headers belong to one connection; Content-Length, Date and X-Request-Id
+# are the server's to set.
 DROPPED_RESPONSE_HEADERS = frozenset(
     {
+        b"date",
+        b"x-request-id",
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -302,11 +305,17 @@ def parse_response(output: bytes) -> Response:
         name, value = _header_line(line[:-1] if crlf else line)
         lower = name.lower()
         if lower == b"status":
+            if status is not None:
+                raise CgiError(502, "module printed Status twice")
             status = _status(value)
             continue
         if lower == b"content-type":
+            if has_content_type:
+                raise CgiError(502, "module printed Content-Type twice")
             has_content_type = True
         elif lower == b"location":
+            if has_location or not value:
+                raise CgiError(502, "module printed an empty Location, or two")
             has_location = True
         if lower not in DROPPED_RESPONSE_HEADERS:
             headers.append((lower, value))

@@ -46,6 +46,7 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     config.bind = [settings.listen]
     config.accesslog = None  # the gateway writes its own access log
+    config.include_server_header = False  # a guest may name its own `Server`
     config.errorlog = logging.getLogger("hypercorn.error")
     config.h11_max_incomplete_size = MAX_HEAD_SIZE
     config.h2_max_header_list_size = MAX_HEAD_SIZE

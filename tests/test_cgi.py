@@ -224,6 +224,12 @@ PARSED = [
         [(b"content-type", b"text/plain")],
         b"body",
     ),  # hop-by-hop and length dropped
+    (
+        b"Content-Type: text/plain\nDate: yesterday\nX-Request-Id: spoof\nServer: mine\n\n",
+        200,
+        [(b"content-type", b"text/plain"), (b"server", b"mine")],
+        b"",
+    ),  # the server's own headers are its to set
 ]
 
 
@@ -247,6 +253,10 @@ FAILURES = [
     (b"Content-Type: text/plain\nX-Injected: a\rb\n\n", 502),  # CR inside a value
     (b"Content-Type: text/plain\nX-Nul: a\x00b\n\n", 502),
     (b"Content-Type: text/plain\n folded: continuation\n\n", 502),
+    (b"Status: 404\nStatus: 500\nContent-Type: text/plain\n\n", 502),  # which one?
+    (b"Content-Type: text/plain\nContent-Type: text/html\n\n", 502),
+    (b"Location:\n\n", 502),
+    (b"Location: /a\nLocation: /b\n\n", 502),
 ]
 
 
