@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
 from typing import Any, NamedTuple
@@ -221,6 +222,7 @@ class Gateway:
     # ---------------------------------------------------------------- requests
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = _origin_form(scope)
         head = RequestHead.read(scope)
         request_id = head.request_id
         try:
@@ -228,6 +230,9 @@ class Gateway:
                 # hypercorn limits only heads that arrive in pieces; this catches the rest.
                 self.metrics.limit("", "head")
                 await _respond(send, request_id, 431, f"more than {MAX_HEAD_SIZE} bytes")
+                return
+            if not head.host_ok:
+                await _respond(send, request_id, 400, "the Host header is not a host[:port]")
                 return
             await self._handle(scope, receive, send, head)
         except Exception:
@@ -555,6 +560,8 @@ class RequestHead(NamedTuple):
     # False when the request says it has no body (HTTP/1 without Content-Length or
     # Transfer-Encoding), so the body's one empty message is already waiting.
     may_have_body: bool
+    # False for a Host header that is no host[:port] (RFC 9112 3.2: answer 400).
+    host_ok: bool = True
 
     @classmethod
     def read(cls, scope: Scope) -> RequestHead:
@@ -563,11 +570,14 @@ class RequestHead(NamedTuple):
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         body_length = 0
         may_have_body = not scope.get("http_version", "1.1").startswith("1")
+        host_ok = True
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"content-length":
-                body_length = int(value) if value.isdigit() else 0
+                body_length = int(value) if value.isdigit() and len(value) < 19 else 0
                 may_have_body = may_have_body or body_length > 0
+            elif name == b"host":
+                host_ok = _HOST.match(value) is not None
             elif name == b"transfer-encoding":
                 may_have_body = True
             elif name == b"x-request-id":
@@ -575,7 +585,26 @@ class RequestHead(NamedTuple):
                 text = value.decode("latin-1")
                 if _REQUEST_ID.match(text):
                     request_id = text
-        return cls(request_id or os.urandom(8).hex(), size, body_length, may_have_body)
+        request_id = request_id or os.urandom(8).hex()
+        return cls(request_id, size, body_length, may_have_body, host_ok)
+
+
+# RFC 3986's host (a name, IPv4, or [IPv6]) with an optional port.
+_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?$")
+
+
+def _origin_form(scope: Scope) -> Scope:
+    """A request in absolute form (`GET http://host/path`) as the origin form it stands
+    for; RFC 9112 3.2.2 has servers accept it, with its authority as the Host."""
+    raw_path = scope.get("raw_path") or b""
+    if not raw_path.startswith((b"http://", b"https://")):
+        return scope
+    authority, slash, path = raw_path.partition(b"://")[2].partition(b"/")
+    raw_path = slash + path or b"/"
+    headers = [(name, value) for name, value in scope["headers"] if name != b"host"]
+    headers.append((b"host", authority))
+    path_text = urllib.parse.unquote(raw_path.decode("latin-1"))
+    return {**scope, "raw_path": raw_path, "path": path_text, "headers": headers}
 
 
 def _body_too_large(limit: int) -> Refused:

@@ -148,6 +148,8 @@ class RequestPath:
         """Split and decode a raw request path; refuse what no handler should see."""
         if not raw_path.startswith("/"):
             raise BadPath("path must start with `/`")
+        if "#" in raw_path:
+            raise BadPath("path must not contain `#` (clients do not send a fragment)")
         if "\x00" in query:
             raise BadPath("query must not contain NUL")
         raw_segments = tuple(raw_path[1:].split("/"))

@@ -155,13 +155,31 @@ def test_credentials_and_the_proxy_header_never_reach_the_guest(target):
 
 @pytest.mark.parametrize("path", [
     b"/env/../files", b"/env/%2e%2e/files", b"/env/a/%2E%2e/b", b"/env/a%2f..%2fb",
-    b"/env/a%2F..%2F..%2Fsecret", b"/env/%00", b"/env/%ff%fe",
+    b"/env/a%2F..%2F..%2Fsecret", b"/env/%00", b"/env/%ff%fe", b"/env/x#fragment",
 ])  # fmt: skip
 def test_dot_segments_encoded_slashes_and_bad_bytes_are_400(target, path):
     answer = raw_request(
         target, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"[::1]:123456", b"x:y"])
+def test_a_host_header_that_is_no_host_is_400(target, host):
+    answer = raw_request(
+        target, b"GET /env HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"the Host header is not a host[:port]" in answer
+
+
+def test_an_absolute_form_target_is_served_with_its_authority_as_host(target):
+    answer = raw_request(target, b"GET http://shop.example:8080/env/x?a=1 HTTP/1.1\r\n"
+                         b"Host: other\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    for variable in (b"PATH_INFO=/x", b"QUERY_STRING=a=1", b"HTTP_HOST=shop.example:8080",
+                     b"SERVER_NAME=shop.example", b"SERVER_PORT=8080"):  # fmt: skip
+        assert variable + b"\n" in answer
 
 
 def test_an_encoded_slash_stays_inside_its_segment(target):
