@@ -143,7 +143,8 @@ class Gateway:
                 self._stop.set()
                 return
             self._install(loaded)
-        log.info("ready: version %d, %d routes", loaded.version, len(loaded.routes.routes))
+        count = len(loaded.routes.routes)
+        log.info("ready: version %d, %d route%s", loaded.version, count, "" if count == 1 else "s")
         self._spawn(self._sync_pool_metrics())
         for run in self.background:
             self._spawn(run())
@@ -460,14 +461,24 @@ class Gateway:
 
 def _log_answer(level: int, request_id: str, status: int, handler: Handler, reason: str) -> None:
     """The one log line for a request the gateway answered itself, saying why."""
+    component, route = handler.component.id, handler.pattern.text
     log.log(
         level,
         "%s: %d, component %s, route %s: %s",
         request_id,
         status,
-        handler.component.id,
-        handler.pattern.text,
+        component,
+        route,
         reason,
+        extra={
+            "fields": {
+                "request_id": request_id,
+                "status": status,
+                "component": component,
+                "route": route,
+                "reason": reason,
+            }
+        },
     )
 
 

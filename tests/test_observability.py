@@ -99,6 +99,15 @@ def test_json_logs_carry_the_access_fields_and_tag_guest_stderr(serve, tmp_path)
         request_id,
         "a note",
     )
+    failed = httpx.get(f"{server.url}/spin", timeout=10)
+    wait_for_log(server, "ran longer than its limit")
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    failure = next(r for r in records if r.get("reason", "").startswith("timeout"))
+    assert (failure["request_id"], failure["status"], failure["component"]) == (
+        failed.headers["x-request-id"],
+        504,
+        "spin",
+    )
 
 
 def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
