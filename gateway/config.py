@@ -158,18 +158,23 @@ class Limits:
 LIMIT_NAMES = tuple(limit.name for limit in dataclasses.fields(Limits))
 
 
+def _shown(value: object) -> str:
+    """A value as it was written in TOML (`true`, not Python's `True`)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def parse_limit(name: str, value: object) -> float | int:
     """Check one limit's value: a duration, a size, or a count, as its name says."""
     if name == "request_timeout":
         if not isinstance(value, int | float | str) or isinstance(value, bool):
-            raise ConfigError(f"expected seconds, got {value!r}")
+            raise ConfigError(f"expected seconds, got {_shown(value)}")
         return parse_duration(value)
     if name == "max_concurrency":
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"expected a whole number of at least 1, got {value!r}")
+            raise ConfigError(f"expected a whole number of at least 1, got {_shown(value)}")
         return value
     if not isinstance(value, int | str) or isinstance(value, bool):
-        raise ConfigError(f"expected a size such as 64M, got {value!r}")
+        raise ConfigError(f"expected a size such as 64M, got {_shown(value)}")
     size = parse_size(value)
     if size == 0:
         raise ConfigError("must be more than 0")

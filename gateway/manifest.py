@@ -183,12 +183,19 @@ class _Table:
         self._seen.add(key)
         if key not in self.data:
             if required:
-                raise self.ctx.error(self.key_path or (key,), f"missing required key `{key}`")
+                raise self.missing(key)
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
         return value
+
+    def missing(self, key: str) -> ManifestError:
+        """`missing required key`, naming an unknown key that may be it misspelt."""
+        unknown = [name for name in self.data if name not in self._seen]
+        hint = close_match(key, unknown)
+        typo = f" (is `{hint}` a misspelling of it?)" if hint else ""
+        return self.ctx.error(self.key_path or (key,), f"missing required key `{key}`{typo}")
 
     def strings(self, key: str) -> tuple[str, ...]:
         items = self.take(key, list, default=[])
@@ -253,6 +260,8 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
         raise ManifestError(str(path), "", "manifest is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise _toml_error(path, error) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ManifestError(str(path), "", "not valid TOML: nested too deeply") from None
     ctx = _Context(path, text, check_sources)
     version = data.get("spin_manifest_version")
     if version is None and "module" in data:
@@ -398,7 +407,7 @@ def _spin_route(table: _Table) -> tuple[str, bool]:
         private.finish()
         return "", True
     if route is None:
-        raise table.ctx.error(table.key_path, "missing required key `route`")
+        raise table.missing("route")
     raise table.error("route", f"expected a string or {{ private = true }}, got {_describe(route)}")
 
 
@@ -412,11 +421,15 @@ def _executor(table: _Table, component_id: str) -> tuple[str, str]:
             'executor = { type = "wagi" } to its trigger',
         )
     kind = executor.take("type", str, required=True)
-    if kind != "wagi":
+    if kind == "spin":
         raise executor.error(
             "type",
-            f"executor `{kind}` runs Spin SDK components; this gateway runs WAGI "
+            "executor `spin` runs Spin SDK components; this gateway runs WAGI "
             'modules (executor = { type = "wagi" })',
+        )
+    if kind != "wagi":
+        raise executor.error(
+            "type", f'unknown executor `{kind}`: this gateway runs `{{ type = "wagi" }}`'
         )
     entrypoint = executor.take("entrypoint", str, default=DEFAULT_ENTRYPOINT)
     argv = executor.take("argv", str, default=DEFAULT_ARGV)
@@ -484,7 +497,7 @@ def _spin_source(table: _Table) -> Path:
         )
     if not isinstance(source, str):
         if source is None:
-            raise table.ctx.error(table.key_path, "missing required key `source`")
+            raise table.missing("source")
         raise table.error("source", f"expected a path, got {_describe(source)}")
     return _module_path(table, "source", source)
 
@@ -497,6 +510,8 @@ def _module_path(table: _Table, key: str, text: str) -> Path:
     elif re.match(r"^[a-z][a-z0-9+.-]*://", text):
         raise table.error(key, f"only local files are supported, not {text!r}")
     path = (table.ctx.folder / text).resolve()
+    if table.ctx.check_sources and path.is_dir():
+        raise table.error(key, f"{path} is a folder, not a module file")
     if table.ctx.check_sources and not path.is_file():
         hint = ""
         if table.has("build") or path.suffix == ".wasm":
@@ -528,9 +543,10 @@ def _gateway_options(table: _Table) -> dict[str, Any]:
         options["pool_size"] = pool_size
     limits = {}
     for name in LIMIT_NAMES:
-        if table.has(name):
+        value = table.raw(name)  # seen, so a misspelt limit gets "did you mean"
+        if value is not None:
             try:
-                limits[name] = parse_limit(name, table.raw(name))
+                limits[name] = parse_limit(name, value)
             except ConfigError as error:
                 raise table.error(name, str(error)) from None
     if limits:

@@ -308,6 +308,36 @@ ERRORS = [
         id="files-file-and-folder",
     ),
     pytest.param(
+        SPIN_V2_HEAD.replace('source = "hello.wat"', 'sorce = "hello.wat"'),
+        8,
+        "missing required key `source` (is `sorce` a misspelling of it?)",
+        id="missing-key-misspelt",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + '[component.c.tool.wagi]\nmax_memroy = "1M"\n',
+        11,
+        "max_memroy: unknown key (did you mean `max_memory`?)",
+        id="misspelt-limit",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('{ type = "wagi" }', '{ type = "wagii" }'),
+        7,
+        'unknown executor `wagii`: this gateway runs `{ type = "wagi" }`',
+        id="unknown-executor",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD.replace('source = "hello.wat"', 'source = "static"'),
+        9,
+        "is a folder, not a module file",
+        id="source-is-a-folder",
+    ),
+    pytest.param(
+        SPIN_V2_HEAD + "[component.c.tool.wagi]\nrequest_timeout = true\n",
+        11,
+        "request_timeout: expected seconds, got true",
+        id="toml-bool-as-written",
+    ),
+    pytest.param(
         SPIN_V2_HEAD + "key_value_stores = ['default']\n",
         10,
         "not supported",
@@ -374,6 +404,12 @@ def test_load_errors_name_file_line_key_and_problem(app: Path, text: str, line: 
     error = str(caught.value)
     assert error.startswith(f"{path}:{line}: "), error
     assert message in error
+
+
+def test_a_manifest_nested_too_deeply_is_an_error_not_a_crash(app: Path):
+    path = write(app, "spin_manifest_version = 2\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ManifestError, match="not valid TOML: nested too deeply"):
+        load_manifest(path)
 
 
 def test_a_manifest_that_is_neither_format_is_refused(app: Path):
