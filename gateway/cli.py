@@ -181,8 +181,14 @@ def _parser() -> argparse.ArgumentParser:
         "--client-timeout",
         metavar="SECONDS",
         default=30,
-        help="time a client may take to send its body (then 408); a connection silent for a "
-        "second longer is closed (default: %(default)s)",
+        help="time a client may take to send its body, then 408 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        metavar="SECONDS",
+        default=75,
+        help="how long an idle keep-alive connection stays open; keep it above a load "
+        "balancer's idle timeout (default: %(default)s)",
     )
     limits.add_argument(
         "--grace-period",
@@ -342,6 +348,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         forwarded_allow_ips=args.forwarded_allow_ips,
         watch_debounce=_duration(args, "watch_debounce"),
         grace_period=_duration(args, "grace_period"),
+        keep_alive_timeout=_duration(args, "keep_alive_timeout"),
     )
 
 

@@ -51,8 +51,10 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.h11_max_incomplete_size = MAX_HEAD_SIZE
     config.h2_max_header_list_size = MAX_HEAD_SIZE
     # A client that sends nothing for this long is disconnected: a second after the
-    # gateway's own body timeout, so that a body that stops coming gets its 408 first.
-    config.read_timeout = max(1, round(settings.client_timeout)) + 1
+    # gateway's own body timeout at least, so that a body that stops coming gets its 408
+    # first, and no sooner than an idle keep-alive connection is closed anyway.
+    config.keep_alive_timeout = settings.keep_alive_timeout
+    config.read_timeout = max(round(settings.client_timeout) + 1, settings.keep_alive_timeout)
     config.graceful_timeout = settings.grace_period
     if settings.tls_cert is not None:
         config.certfile = str(settings.tls_cert)

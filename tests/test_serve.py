@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import ssl
@@ -439,6 +440,21 @@ def test_version_and_help():
         "--tls-key FILE",
     ):
         assert flag in help_text
+
+
+def test_an_idle_connection_stays_open_for_the_keep_alive_timeout(serve, example_apps):
+    server = serve("-c", str(example_apps), "--keep-alive-timeout", "2")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for pause in (0, 1):  # idle, though not for long: the same connection serves
+            time.sleep(pause)
+            connection.request("GET", "/hello")
+            assert connection.getresponse().read() == b"Hello from WebAssembly!\n"
+        idle_since = time.monotonic()
+        assert connection.sock.recv(1) == b""  # then the gateway closes it
+        assert 1.5 < time.monotonic() - idle_since < 6
+    finally:
+        connection.close()
 
 
 def test_serve_finds_spin_toml_in_the_working_directory(serve, tmp_path):
