@@ -165,7 +165,8 @@ def load_app(
 
     Modules whose digest is in `known` (a previous version's, say) are reused as they are.
     """
-    _check_capacity(manifest, settings)
+    pool_sizes = _pool_sizes(manifest, settings)
+    _check_capacity(manifest, settings, sum(pool_sizes.values()))
     environment = settings.global_environment()
     known = known or {}
     components: dict[str, ComponentRuntime] = {}
@@ -173,7 +174,7 @@ def load_app(
         modules: dict[Path, LoadedModule] = {}
         for component in manifest.components.values():
             components[component.id] = _prepare(
-                component, settings, engine, modules, known, environment
+                component, pool_sizes[component.id], settings, engine, modules, known, environment
             )
         handlers = [_handler(trigger, components, manifest.base) for trigger in manifest.triggers]
         if manifest.kind == "wagi":
@@ -186,9 +187,8 @@ def load_app(
     return LoadedApp(manifest, components, routes)
 
 
-def _check_capacity(manifest: Manifest, settings: Settings) -> None:
+def _check_capacity(manifest: Manifest, settings: Settings, pooled: int) -> None:
     """Pools hold instance slots; leave at least as many again for requests."""
-    pooled = sum(_pool_size(c, settings) for c in manifest.components.values())
     slots = settings.engine.max_instances
     if settings.engine.pooling and pooled * 2 > slots:
         raise LoadError(
@@ -198,13 +198,20 @@ def _check_capacity(manifest: Manifest, settings: Settings) -> None:
         )
 
 
-def _pool_size(component: Component, settings: Settings) -> int:
-    """Instances kept ready for a component: its own `pool_size`, else `--pool-size`."""
-    return settings.pool_size if component.pool_size is None else component.pool_size
+def _pool_sizes(manifest: Manifest, settings: Settings) -> dict[str, int]:
+    """Instances kept ready for each component: its own `pool_size`, else `--pool-size`;
+    none for a component no route reaches (a Spin `private` one)."""
+    routed = {trigger.component for trigger in manifest.triggers}
+    sizes = {}
+    for component in manifest.components.values():
+        size = settings.pool_size if component.pool_size is None else component.pool_size
+        sizes[component.id] = size if component.id in routed else 0
+    return sizes
 
 
 def _prepare(
     component: Component,
+    pool_size: int,
     settings: Settings,
     engine: Engine,
     modules: dict[Path, LoadedModule],
@@ -233,7 +240,6 @@ def _prepare(
             f"more than its max_memory of {human_size(limits.max_memory)}: raise max_memory",
             component.origin,
         )
-    pool_size = _pool_size(component, settings)
     pool = InstancePool(program, pool_size, component.id, limits.max_memory)
     staged = None
     try:

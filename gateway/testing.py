@@ -98,7 +98,10 @@ class Response:
             key, _, value = part.strip().partition("=")
             if key.lower() == "charset" and value:
                 charset = value.strip('"')
-        return self.content.decode(charset, errors="replace")
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:  # a charset Python does not know: read it as UTF-8
+            return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
         """The body parsed as JSON."""

@@ -140,3 +140,13 @@ def test_a_load_that_fails_late_gives_back_its_instances_and_staged_files(tmp_pa
     assert set(Path(tempfile.gettempdir()).glob("wagi-m-*")) == staging_before
     working = Settings(manifest=path, pool_size=4, engine=engine_settings)
     load_app(load_manifest(path), working, engine).close()
+
+
+def test_a_component_no_route_reaches_keeps_no_instances(tmp_path):
+    manifest = spin_toml({"/": "m"}) + (
+        '[[trigger.http]]\nroute = { private = true }\ncomponent = "hidden"\n'
+        'executor = { type = "wagi" }\n[component.hidden]\nsource = "m.wat"\n'
+    )
+    app = load(tmp_path, manifest, {"m.wat": cgi_guest()}, "spin.toml")
+    assert (app.components["m"].pool.size, app.components["hidden"].pool.size) == (8, 0)
+    app.close()

@@ -13,7 +13,14 @@ import pytest
 from conftest import ROOT, SPIN, cgi_guest, spin_toml
 from gateway.engine import LoadError
 from gateway.manifest import ManifestError
-from gateway.testing import InvalidCgiResponse, cgi_environment, run_module, wagi_client
+from gateway.testing import (
+    Headers,
+    InvalidCgiResponse,
+    Response,
+    cgi_environment,
+    run_module,
+    wagi_client,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -217,3 +224,8 @@ def test_the_plugin_says_how_to_name_the_app(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no spin.toml or modules.toml*define a `wagi_manifest` fixture*"])
+
+
+def test_a_response_text_in_an_unknown_charset_reads_as_utf8():
+    headers = Headers([("Content-Type", "text/plain; charset=bogus-42")])
+    assert Response(200, headers, "héllo".encode()).text == "héllo"
