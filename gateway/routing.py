@@ -64,7 +64,19 @@ class RoutePattern:
         if wildcard:
             parts = parts[:-1]
         names = set()
-        for part in parts:
+        for index, part in enumerate(parts):
+            if part in (".", ".."):
+                raise RouteSyntaxError(
+                    f"route {text!r}: a `{part}` segment never matches "
+                    "(requests with one are refused)"
+                )
+            if "%" in part:  # requests are matched decoded, so the route is too
+                try:
+                    parts[index] = unquote(part, errors="strict")
+                except UnicodeDecodeError:
+                    raise RouteSyntaxError(
+                        f"route {text!r}: not valid UTF-8 once percent-decoded"
+                    ) from None
             if WILDCARD in part:
                 raise RouteSyntaxError(
                     f"route {text!r}: `...` is only allowed as the last segment, as in `/files/...`"

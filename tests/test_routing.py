@@ -99,8 +99,10 @@ def test_identical_routes_clash_even_with_different_parameter_names():
 
 
 @pytest.mark.parametrize(
-    "pattern", ["foo", "/a/.../b", "/a...", "/a/:", "/a/:b/:b", "/a b", "/a?x", "/a/:1x"]
-)
+    "pattern",
+    ["foo", "/a/.../b", "/a...", "/a/:", "/a/:b/:b", "/a b", "/a?x", "/a/:1x", "/a/../x",
+     "/./y", "/%ff"],
+)  # fmt: skip
 def test_invalid_patterns_are_refused(pattern):
     with pytest.raises(RouteSyntaxError):
         RoutePattern.parse(pattern)
@@ -133,3 +135,10 @@ def test_a_query_holding_nul_is_refused_and_others_are_kept_as_sent():
 
 def test_unmatched_path_is_none():
     assert match(table("/a", "/b/..."), "/c") is None
+
+
+def test_a_percent_encoded_route_matches_the_path_it_encodes():
+    routes = table("/p%20q", "/c%2Fd/...")
+    assert match(routes, "/p%20q").route.target == "/p%20q"
+    found = match(routes, "/c%2fd/more")
+    assert (found.route.target, found.script_name) == ("/c%2Fd/...", "/c/d")
