@@ -64,6 +64,9 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; with several workers, supervise them."""
+    # A reload (SIGHUP) asked for while starting waits until the gateway can reload,
+    # instead of killing it: `Gateway.until_stopped` and `Supervisor.run` unblock it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     if settings.workers <= 1:
         _serve_in_process(settings)
         return
