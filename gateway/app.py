@@ -581,14 +581,14 @@ class RequestHead(NamedTuple):
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         body_length = 0
         may_have_body = not scope.get("http_version", "1.1").startswith("1")
-        host_ok = True
+        host = b""
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
-            if name == b"content-length":
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
                 body_length = int(value) if value.isdigit() and len(value) < 19 else 0
                 may_have_body = may_have_body or body_length > 0
-            elif name == b"host":
-                host_ok = _HOST.match(value) is not None
             elif name == b"transfer-encoding":
                 may_have_body = True
             elif name == b"x-request-id":
@@ -597,6 +597,7 @@ class RequestHead(NamedTuple):
                 if _REQUEST_ID.match(text):
                     request_id = text
         request_id = request_id or os.urandom(8).hex()
+        host_ok = _HOST.match(host) is not None
         return cls(request_id, size, body_length, may_have_body, host_ok)
 
 

@@ -334,17 +334,16 @@ def _find_header_end(output: bytes) -> tuple[int, int]:
     An empty line first of all gives (0, ...): a body with no header block. Only the
     first MAX_HEADER_BLOCK bytes are searched, so a flood of header lines costs little.
     """
-    for empty in (b"\n", b"\r\n"):
-        if output.startswith(empty):
-            return 0, len(empty)
+    if output.startswith((b"\n", b"\r\n")):
+        return 0, 1 if output[0] == 10 else 2
     limit = MAX_HEADER_BLOCK + 3  # room for the empty line that ends a full block
-    found = [
-        (at, at + len(separator))
-        for separator in (b"\n\n", b"\n\r\n")
-        if (at := output.find(separator, 0, limit)) >= 0
-    ]
-    if found:
-        return min(found)
+    lf = output.find(b"\n\n", 0, limit)
+    # An empty CRLF line before the first empty LF one (whose own end bounds the search).
+    crlf = output.find(b"\n\r\n", 0, lf + 2 if lf >= 0 else limit)
+    if crlf >= 0:
+        return crlf, crlf + 3
+    if lf >= 0:
+        return lf, lf + 2
     if len(output) > MAX_HEADER_BLOCK and (b"\n\n" in output or b"\n\r\n" in output):
         raise CgiError(502, f"module printed a CGI header block over {MAX_HEADER_BLOCK} bytes")
     return -1, -1
