@@ -112,7 +112,8 @@ class Invocation:
     """The WASI context of one request."""
 
     argv: list[str]
-    # Variables of this request; they come first, so they win over `fixed_env`.
+    # Variables of this request; `fixed_env` never holds the same names (see
+    # `cgi.fixed_environment`), so the guest sees each name once.
     env: dict[str, str]
     stdin: bytes = b""
     # (host directory, guest path) pairs, always mounted read-only.

@@ -75,6 +75,7 @@ class Output:
         self.overslept = False
 
     def take(self, fd: int, data: bytes) -> None:
+        """Keep a write to fd 1 or 2; raise once the output would pass its limit."""
         if self.written + len(data) > self.limit:
             self.exceeded = f"the guest wrote more than its limit of {self.limit} bytes of output"
             raise OutputLimitExceeded(self.exceeded)
