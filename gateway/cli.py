@@ -186,9 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--keep-alive-timeout",
         metavar="SECONDS",
-        default=75,
-        help="how long an idle keep-alive connection stays open; keep it above a load "
-        "balancer's idle timeout (default: %(default)s)",
+        default=5,
+        help="how long an idle keep-alive connection stays open; a load balancer in front "
+        "must close its idle ones sooner, or raise this above its idle timeout "
+        "(default: %(default)s)",
     )
     limits.add_argument(
         "--grace-period",

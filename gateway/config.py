@@ -240,10 +240,12 @@ class Settings:
     client_timeout: float = 30.0
     # Seconds a SIGTERM waits for requests in flight before the process exits anyway.
     grace_period: float = 30.0
-    # Seconds an idle keep-alive connection stays open: longer than a load balancer's own
-    # (nginx's upstream keepalive_timeout and AWS ALB's are 60), or it may send a request
-    # on a connection the gateway is just closing, which it retries only for a GET.
-    keep_alive_timeout: float = 75.0
+    # Seconds an idle keep-alive connection stays open (hypercorn's default). A load
+    # balancer in front must close idle connections sooner, or this must be raised above
+    # its idle timeout: else it may send a request on a connection the gateway is just
+    # closing, and it retries only a GET. Longer costs memory: hypercorn keeps a connection
+    # the client closed mid-request until this timer runs out.
+    keep_alive_timeout: float = 5.0
     # Proxies whose X-Forwarded-*/Forwarded headers are believed: addresses, networks, `*`.
     forwarded_allow_ips: str = ""
     # Reload when the manifest, modules, mounted files or the env file change.

@@ -46,6 +46,7 @@ http {{
         server 127.0.0.1:{first} max_fails=0;
         server 127.0.0.1:{second} max_fails=0;
         keepalive 32;
+        keepalive_timeout 4s;  # below the gateways' 5 s: nginx closes idle ones first
     }}
     server {{
         listen 127.0.0.1:{port};
