@@ -247,16 +247,20 @@ def cgi_guest(
 SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 
 
-def sleeper(seconds: float, says: bytes = b"slept") -> str:
-    """A guest that sleeps in WASI, then answers."""
-    answer = b"Content-Type: text/plain\n\n" + says
-    return f"""
-    (module
+# The imports of a guest that sleeps and writes, and its memory (the start of a module).
+POLL_AND_WRITE = """
       (import "wasi_snapshot_preview1" "poll_oneoff"
         (func $poll (param i32 i32 i32 i32) (result i32)))
       (import "wasi_snapshot_preview1" "fd_write"
         (func $write (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
+      (memory (export "memory") 1)"""
+
+
+def sleeper(seconds: float, says: bytes = b"slept") -> str:
+    """A guest that sleeps in WASI, then answers."""
+    answer = b"Content-Type: text/plain\n\n" + says
+    return f"""
+    (module {POLL_AND_WRITE}
       (data (i32.const 300) "{wat_string(answer)}")
       (func (export "_start")
         (i64.store (i32.const 24) (i64.const {int(seconds * 1e9)}))

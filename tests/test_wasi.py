@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import link_wat, wat_string
+from conftest import POLL_AND_WRITE, link_wat, wat_string
 from gateway.engine import Engine, Invocation
 
 
@@ -147,12 +147,7 @@ def subscription(userdata: int, tag: int, clock_or_fd: int = 0, timeout_ns=0, fl
 def poll_guest(subscriptions: bytes, count: int, events_at: int = 1024) -> str:
     """A guest that polls once, then prints the errno, the event count and the events."""
     return f"""
-    (module
-      (import "wasi_snapshot_preview1" "poll_oneoff"
-        (func $poll (param i32 i32 i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "fd_write"
-        (func $write (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
+    (module {POLL_AND_WRITE}
       (data (i32.const 0) "{wat_string(subscriptions)}")
       (func (export "_start")
         (i32.store (i32.const 2000)
