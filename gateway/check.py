@@ -8,6 +8,7 @@ is missing is not also reported as failing to compile.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,7 +302,24 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 def _full_load(
     manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
 ) -> list[Problem]:
-    """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes)."""
+    """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes):
+    one component at a time, so that every component's problem is reported."""
+    problems = []
+    for component in manifest.components.values():
+        alone = dataclasses.replace(
+            manifest,
+            components={component.id: component},
+            triggers=tuple(t for t in manifest.triggers if t.component == component.id),
+        )
+        problems += _load_problems(alone, engine, modules)
+    if not problems:  # then together, for clashes between routes declared by `_routes`
+        problems = _load_problems(manifest, engine, modules)
+    return problems
+
+
+def _load_problems(
+    manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
+) -> list[Problem]:
     try:
         # One instance per component shows whether it instantiates; more would be waste.
         settings = Settings(manifest=manifest.path, pool_size=1)

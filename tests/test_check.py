@@ -237,6 +237,22 @@ def test_what_only_loading_finds_is_reported_too(tmp_path):
     )
 
 
+def test_what_only_loading_finds_is_reported_for_every_component(tmp_path):
+    limit = '[component.{0}.tool.wagi]\nmax_memory = "1M"\n'
+    manifest = spin_app(
+        tmp_path,
+        [("/a", "a", WAGI), ("/b", "b", WAGI)],
+        '[component.a]\nsource = "big.wat"\n'
+        + limit.format("a")
+        + '[component.b]\nsource = "big.wat"\n'
+        + limit.format("b"),
+    )
+    status, lines = check(manifest)
+    assert status == 1
+    assert [line.split(": ")[1] for line in lines[:2]] == ["component `a`", "component `b`"]
+    assert lines[-1] == "2 problems in spin.toml"
+
+
 def test_check_app_returns_problems_as_data(tmp_path):
     manifest = spin_app(tmp_path, [("/", "app", WAGI)], '[component.app]\nsource = "nope.wat"\n')
     report = check_app(manifest, tmp_path / "cache")
