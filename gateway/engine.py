@@ -185,6 +185,7 @@ class Engine:
             raise LoadError(f"{source}: cannot read module: {error.strerror}") from None
         started = time.perf_counter()
         digest = hashlib.sha256(module_bytes).hexdigest()
+        binary = _binary(source, module_bytes)
         module, how = (loaded or {}).get(digest), "reused"
         if module is None:
             entry = self.cache.entry(digest)
@@ -192,31 +193,18 @@ class Engine:
         if module is None:
             if compiling is not None:
                 compiling(source, len(module_bytes))
-            module, how = self._compile(source, module_bytes), "compiled"
+            module, how = self._compile(source, binary), "compiled"
             if entry:
                 self.cache.store(module, entry)
         seconds = time.perf_counter() - started
-        starts = _has_start_function(module_bytes)
+        starts = _has_start_function(binary)
         return LoadedModule(module, how, seconds, len(module_bytes), digest, starts)
 
-    def _compile(self, source: Path, module_bytes: bytes) -> wasmtime.Module:
-        if module_bytes.startswith(_COMPONENT_HEADER):
-            raise LoadError(
-                f"{source} is a WebAssembly component (WASI 0.2), not a core module: "
-                "build it for WASI preview 1 (target wasm32-wasip1, or wasm32-wasi)"
-            )
-        looks_like_text = module_bytes.lstrip().startswith((b"(", b";;"))
-        if not module_bytes.startswith(b"\0asm") and not looks_like_text:
-            raise LoadError(
-                f"{source}: not WebAssembly (neither a binary module, which starts with "
-                "`\\0asm`, nor WebAssembly text)"
-            )
+    def _compile(self, source: Path, binary: bytes) -> wasmtime.Module:
         try:
-            return wasmtime.Module(self.wasmtime, module_bytes)
+            return wasmtime.Module(self.wasmtime, binary)
         except wasmtime.WasmtimeError as error:
-            raise LoadError(
-                f"{source}: not a valid WebAssembly module: {_one_line(str(error))}"
-            ) from None
+            raise _invalid(source, error) from None
 
     def link(self, loaded: LoadedModule, name: str) -> Program:
         """Resolve a module's imports against WASI once, for cheap instantiation."""
@@ -355,17 +343,36 @@ def _instantiation_failure(error: int | None, trap: int | None) -> str:
     return _one_line(message)
 
 
-def _has_start_function(module_bytes: bytes) -> bool:
-    """Whether a module (binary or text) has a start section."""
-    if not module_bytes.startswith(b"\0asm"):
-        try:
-            module_bytes = wasmtime.wat2wasm(module_bytes.decode("utf-8", "replace"))
-        except wasmtime.WasmtimeError:
-            return False  # not valid text: it did not compile either
+def _binary(source: Path, module_bytes: bytes) -> bytes:
+    """A module file's binary form: as it is, or translated from WebAssembly text."""
+    if module_bytes.startswith(_COMPONENT_HEADER):
+        raise LoadError(
+            f"{source} is a WebAssembly component (WASI 0.2), not a core module: "
+            "build it for WASI preview 1 (target wasm32-wasip1, or wasm32-wasi)"
+        )
+    if module_bytes.startswith(b"\0asm"):
+        return module_bytes
+    if not module_bytes.lstrip().startswith((b"(", b";;")):
+        raise LoadError(
+            f"{source}: not WebAssembly (neither a binary module, which starts with "
+            "`\\0asm`, nor WebAssembly text)"
+        )
+    try:
+        return wasmtime.wat2wasm(module_bytes.decode("utf-8", "replace"))
+    except wasmtime.WasmtimeError as error:
+        raise _invalid(source, error) from None
+
+
+def _invalid(source: Path, error: wasmtime.WasmtimeError) -> LoadError:
+    return LoadError(f"{source}: not a valid WebAssembly module: {_one_line(str(error))}")
+
+
+def _has_start_function(binary: bytes) -> bool:
+    """Whether a binary module has a start section."""
     position = 8  # past the magic number and the version
-    while position < len(module_bytes):
-        section_id = module_bytes[position]
-        size, position = _leb128(module_bytes, position + 1)
+    while position < len(binary):
+        section_id = binary[position]
+        size, position = _leb128(binary, position + 1)
         if section_id == _START_SECTION:
             return True
         position += size
@@ -545,7 +552,6 @@ class GuestCall:
         self._error = c_void_p()
         self._exit_code = 0
         self._message = problem
-        self._timeout = math.inf  # the limit `run_to_end` was given
         self._failure = Failure.START if problem else None
         self.done = problem is not None
 
@@ -582,12 +588,16 @@ class GuestCall:
         """Poll on this thread until the guest finishes, `deadline` (monotonic) passes,
         or `stopped` is set; each poll returns at a tick, so both are seen in time."""
         self._output.deadline, self._output.stopped = deadline, stopped  # sleeps end by then
-        self._timeout = timeout
         while not self.poll():
             if time.monotonic() > deadline:
                 return self.cancel(Failure.TIMEOUT, timeout_message(timeout))
             if stopped is not None and stopped.is_set():
                 return self.cancel(Failure.CANCELLED, SHUTTING_DOWN)
+        if self._output.overslept:  # stopped in a sleep: by the deadline or the stop
+            if stopped is not None and stopped.is_set():
+                self._failure, self._message = Failure.CANCELLED, SHUTTING_DOWN
+            else:
+                self._failure, self._message = Failure.TIMEOUT, timeout_message(timeout)
         return self.finish()
 
     def _collect_result(self) -> None:
@@ -611,14 +621,8 @@ class GuestCall:
     def _fail(self, failure: str, message: str) -> None:
         message = _one_line(message)
         limit = self._instance.memory_limit
-        output = self._output
-        if output.exceeded:
-            failure, message = Failure.OUTPUT, output.exceeded
-        elif output.overslept:  # still asleep at the deadline, or when the gateway stopped
-            if output.stopped is not None and output.stopped.is_set():
-                failure, message = Failure.CANCELLED, SHUTTING_DOWN
-            else:
-                failure, message = Failure.TIMEOUT, timeout_message(self._timeout)
+        if self._output.exceeded:
+            failure, message = Failure.OUTPUT, self._output.exceeded
         elif limit > 0:
             size = self._instance.memory_size()
             if size + max(limit // 8, WASM_PAGE) > limit:
