@@ -65,18 +65,7 @@ class RoutePattern:
             parts = parts[:-1]
         names = set()
         for index, part in enumerate(parts):
-            if part in (".", ".."):
-                raise RouteSyntaxError(
-                    f"route {text!r}: a `{part}` segment never matches "
-                    "(requests with one are refused)"
-                )
-            if "%" in part:  # requests are matched decoded, so the route is too
-                try:
-                    parts[index] = unquote(part, errors="strict")
-                except UnicodeDecodeError:
-                    raise RouteSyntaxError(
-                        f"route {text!r}: not valid UTF-8 once percent-decoded"
-                    ) from None
+            parts[index] = _segment(text, part)
             if WILDCARD in part:
                 raise RouteSyntaxError(
                     f"route {text!r}: `...` is only allowed as the last segment, as in `/files/...`"
@@ -123,6 +112,27 @@ class RoutePattern:
     def rank(self) -> tuple:
         """Sort key: non-wildcards first, then longer prefixes, then literals before params."""
         return (self.wildcard, -len(self.segments), tuple(s.startswith(":") for s in self.segments))
+
+
+def _segment(route: str, part: str) -> str:
+    """A route segment as request segments are matched: percent-decoded. One that no
+    request could reach (a dot segment, also behind an encoded `/`) is refused, and so is
+    an encoded `:` or `...`, which would read as a parameter or a wildcard."""
+    literal = part
+    if "%" in part:
+        try:
+            literal = unquote(part, errors="strict")
+        except UnicodeDecodeError:
+            raise RouteSyntaxError(
+                f"route {route!r}: not valid UTF-8 once percent-decoded"
+            ) from None
+        if literal.startswith(":") or WILDCARD in literal:
+            raise RouteSyntaxError(f"route {route!r}: {part!r} would read as `{literal}`")
+    if any(piece in (".", "..") for piece in literal.split("/")):
+        raise RouteSyntaxError(
+            f"route {route!r}: a `.` or `..` segment never matches (requests with one are refused)"
+        )
+    return literal
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def test_identical_routes_clash_even_with_different_parameter_names():
 @pytest.mark.parametrize(
     "pattern",
     ["foo", "/a/.../b", "/a...", "/a/:", "/a/:b/:b", "/a b", "/a?x", "/a/:1x", "/a/../x",
-     "/./y", "/%ff"],
+     "/./y", "/%ff", "/%2E%2E/x", "/a%2F..", "/%3Aid", "/a/%2E%2E%2E"],
 )  # fmt: skip
 def test_invalid_patterns_are_refused(pattern):
     with pytest.raises(RouteSyntaxError):
