@@ -302,19 +302,21 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 def _full_load(
     manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
 ) -> list[Problem]:
-    """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes):
-    one component at a time, so that every component's problem is reported."""
-    problems = []
+    """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes);
+    if that finds a problem, load each component alone too, since a load stops at its
+    first: every component's problem is reported."""
+    together = _load_problems(manifest, engine, modules)
+    if not together or len(manifest.components) == 1:
+        return together
+    alone = []
     for component in manifest.components.values():
-        alone = dataclasses.replace(
+        one = dataclasses.replace(
             manifest,
             components={component.id: component},
             triggers=tuple(t for t in manifest.triggers if t.component == component.id),
         )
-        problems += _load_problems(alone, engine, modules)
-    if not problems:  # then together, for clashes between routes declared by `_routes`
-        problems = _load_problems(manifest, engine, modules)
-    return problems
+        alone += _load_problems(one, engine, modules)
+    return alone or together  # none alone: routes that `_routes` declared clash
 
 
 def _load_problems(
