@@ -88,7 +88,7 @@ class Server:
         verify: ssl.SSLContext | None = None,
         port: int | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self.port = free_port() if port is None else port
         self.verify = verify
         self.url = f"{'https' if verify else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -158,6 +158,21 @@ def serve(tmp_path: Path) -> Iterator:
 def get(server: Server, path: str, **kwargs) -> httpx.Response:
     """GET `path` from a running server, on a fresh connection."""
     return httpx.get(server.url + path, timeout=10, **kwargs)
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def workers_of(server: Server) -> list[int]:
+    """Process ids of a gateway's worker processes (its spawned children)."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    pids = [int(pid) for pid in children.read_text().split()]
+    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def wait_until(condition: Callable[[], object], message: str, timeout: float = 30) -> None:

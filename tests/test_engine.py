@@ -63,6 +63,7 @@ def test_a_start_function_that_runs_on_is_stopped(engine, tmp_path):
     with pytest.raises(LoadError, match="its start function ran longer than"):
         program.instantiate()
     assert not engine.ticker.ticking  # and the ticker it needed has stopped again
+    assert engine.ticker.timer_setting() == (0.0, 0.0)  # the kernel's timer too
 
 
 def test_each_run_starts_with_empty_output(engine, tmp_path):

@@ -22,7 +22,16 @@ from typing import NamedTuple
 import httpx
 import pytest
 
-from conftest import Server, cgi_guest, env_section, free_port, sleeper, wait_until
+from conftest import (
+    Server,
+    answers,
+    cgi_guest,
+    env_section,
+    free_port,
+    sleeper,
+    wait_until,
+    workers_of,
+)
 
 # scripts/test installs Debian's nginx; without it this test fails rather than skips.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -166,20 +175,6 @@ def balancer(tmp_path: Path) -> Iterator:
     for process in processes:
         process.terminate()
         process.wait(timeout=10)
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def workers_of(server: Server) -> list[int]:
-    """Process ids of a gateway's worker processes (its spawned children)."""
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    pids = [int(pid) for pid in children.read_text().split()]
-    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def served(server: Server) -> int:

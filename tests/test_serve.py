@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import http.client
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,8 @@ import trustme
 
 from conftest import (
     ROOT,
-    WAGI,
+    Server,
+    answers,
     cgi_guest,
     env_section,
     get,
@@ -529,23 +528,15 @@ def test_a_port_in_use_is_one_clear_error(tmp_path, example_apps, workers):
 
 
 def test_the_banner_names_the_port_the_system_chose(tmp_path, example_apps):
-    args = ["serve", "-c", str(example_apps), "-l", "127.0.0.1:0", "--cache-dir", str(tmp_path)]
-    with subprocess.Popen([str(WAGI), *args], stderr=subprocess.PIPE, text=True) as process:
-        try:
-            banner = next(line for line in process.stderr if "http://127.0.0.1:" in line)
-            url = banner.split()[-1]
-            assert not url.startswith("http://127.0.0.1:0/")
-            wait_until(lambda: _answers(url), f"nothing answers at {url}")
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=15)
-
-
-def _answers(url: str) -> bool:
+    server = Server(["-c", str(example_apps), "--cache-dir", str(tmp_path / "c")], ROOT,
+                    tmp_path / "log", port=0)  # fmt: skip
     try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        banner = wait_for_log(server, "wagi:   hello")
+        url = next(line for line in banner.splitlines() if "wagi:   hello" in line).split()[-1]
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0/")
+        wait_until(lambda: answers(url), f"nothing answers at {url}")
+    finally:
+        server.stop()
 
 
 def test_wagi_routes_declared_by_the_module(serve, tmp_path):

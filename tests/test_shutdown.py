@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import signal
 import threading
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest, sleeper, wait_for_log, wait_until
+from conftest import cgi_guest, sleeper, wait_for_log, wait_until, workers_of
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.engine import Engine
@@ -52,21 +51,11 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(serve, tmp_path, wo
 def test_workers_stop_when_their_supervisor_is_killed(serve, tmp_path):
     server = serve("-c", str(app_folder(tmp_path, 0.1)), "--workers", "2")
     wait_for_log(server, "wagi: ready", count=2)
-    children = _children(server.process.pid)
-    assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
+    workers = workers_of(server)
+    assert len(workers) == 2
     server.process.kill()
     server.process.wait()
-    wait_until(lambda: not any(_running(pid) for pid in children), "orphans still running")
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rpartition(")")[2].split()  # after `pid (name)`
-            if int(fields[1]) == parent:
-                found.append(int(stat.parent.name))
-    return found
+    wait_until(lambda: not any(_running(pid) for pid in workers), "orphans still running")
 
 
 def _running(pid: int) -> bool:
