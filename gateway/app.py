@@ -92,6 +92,10 @@ class Gateway:
         self.settings = settings
         self.executor = executor
         self._load = load
+        # Whether connections are accepted while the first version loads (answered 503
+        # until it is ready, so that health checks see a live process). A worker under a
+        # supervisor loads first: its socket holds connections until then.
+        self.serve_while_loading = True
         # Tasks to run, once the app is loaded, for as long as it serves.
         self.background: list[Callable[[], Awaitable[None]]] = []
         self.loaded: LoadedApp | None = None
@@ -121,7 +125,10 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._spawn(self._load_in_background())
+                if self.serve_while_loading:
+                    self._spawn(self._load_first())
+                else:  # hypercorn accepts connections once the startup is complete
+                    await self._load_first()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:
@@ -135,7 +142,7 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load_in_background(self) -> None:
+    async def _load_first(self) -> None:
         async with self._reloading:  # a reload asked for meanwhile comes after this load
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, None)

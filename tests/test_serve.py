@@ -515,8 +515,12 @@ def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_port_in_use_is_one_clear_error(tmp_path, example_apps, workers):
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "SO_REUSEPORT"])
+def test_a_port_in_use_is_one_clear_error(tmp_path, example_apps, workers, reuse_port):
+    # Workers listen with SO_REUSEPORT, which would let them join another process that
+    # holds the port with it too, and silently share its connections.
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
