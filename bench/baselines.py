@@ -33,9 +33,9 @@ from gateway.manifest import load_manifest  # noqa: E402
 from gateway.server import (  # noqa: E402
     Supervisor,
     hypercorn_config,
-    listening_sockets,
     make_gateway,
     serve_on,
+    worker_sockets,
 )
 
 HELLO = b"Hello from WebAssembly!\n"
@@ -143,8 +143,8 @@ def main() -> None:
     if args.workers == 1:
         serve_on(_app(args), config, None)
         return
-    sockets = listening_sockets(config)
-    Supervisor(args.workers, _worker, sockets, (args,)).run()
+    # The same sockets as `wagi serve --workers N`: one per worker, SO_REUSEPORT.
+    Supervisor(_worker, worker_sockets(config, args.workers), (args,)).run()
 
 
 if __name__ == "__main__":
