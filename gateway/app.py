@@ -274,10 +274,12 @@ class Gateway:
             await _respond_json(send, request_id, _info(loaded))
             return
         loaded.requests += 1  # this version stays open until the request is answered
+        self.metrics.in_flight.inc()
         try:
             await self._route(scope, receive, send, head, loaded, started)
         finally:
             loaded.request_done()
+            self.metrics.in_flight.dec()
 
     async def _route(
         self,

@@ -1,5 +1,5 @@
-"""Prometheus metrics, served at /metrics: requests, latency, guest time, pools, the
-compiled cache, and requests stopped by limits.
+"""Prometheus metrics, served at /metrics: requests (answered and in flight), latency,
+guest time, pools, the compiled cache, and requests stopped by limits.
 
 With several workers, prometheus-client's multiprocess mode is used: each worker writes
 its values to files in a folder the supervisor makes (`PROMETHEUS_MULTIPROC_DIR`), and
@@ -41,6 +41,12 @@ class Metrics:
             "wagi_requests",
             "Requests answered, by component, route and status",
             ["component", "route", "status"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "wagi_requests_in_flight",
+            "Requests for the app being handled now: waiting for admission, running, answering",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.request_seconds = Histogram(

@@ -160,6 +160,25 @@ def get(server: Server, path: str, **kwargs) -> httpx.Response:
     return httpx.get(server.url + path, timeout=10, **kwargs)
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (0 if absent)."""
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        found = ",".join(sorted(sample_labels.rstrip("}").split(","))) if sample_labels else ""
+        if sample_name == name and found == selector:
+            return float(value)
+    return 0.0
+
+
+def scrape(server: Server, name: str, **labels: str) -> float:
+    """The value of one of a running server's metrics, from its /metrics."""
+    return metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name, **labels)
+
+
 def answers(url: str) -> bool:
     """Whether `url` answers 200 now."""
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SPIN, Server, cgi_guest, run_wagi, sleeper, spin_toml, wait_until
+from conftest import SPIN, Server, cgi_guest, run_wagi, scrape, sleeper, spin_toml, wait_until
 from gateway.admission import QUEUE_PER_SLOT
 from gateway.config import Settings
 
@@ -171,12 +171,14 @@ def test_a_busy_component_queues_then_refuses_without_starving_others(serve, tmp
     queue_size = QUEUE_PER_SLOT  # per slot, and this component has one
     with concurrent.futures.ThreadPoolExecutor(1 + queue_size) as threads:
         first = threads.submit(httpx.get, f"{server.url}/slow", timeout=30)
-        time.sleep(0.3)  # let the first one take the only slot
+        # The first takes the only slot, then the others every place in the queue.
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the first one in")
         queued = [
             threads.submit(timed, httpx.get, f"{server.url}/slow", timeout=30)
             for _ in range(queue_size)
         ]
-        time.sleep(0.3)  # and the others every place in the queue
+        everyone = 1 + queue_size
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == everyone, "all queued")
         refused, refused_took = timed(httpx.get, f"{server.url}/slow", timeout=30)
         assert refused.status_code == 503  # the queue is full: at once
         assert refused_took < 0.9, refused_took  # not after the 1 s queue timeout

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 from types import SimpleNamespace
 
 import httpx
+import pytest
 
-from conftest import SPIN, cgi_guest, wait_for_log
+from conftest import SPIN, cgi_guest, metric, scrape, sleeper, wait_for_log, wait_until
 from gateway.logs import MAX_STDERR_LOGGED, ComponentLog
 from gateway.metrics import Metrics
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus' text format (0 if absent)."""
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        sample_name, _, sample_labels = sample.partition("{")
-        found = ",".join(sorted(sample_labels.rstrip("}").split(","))) if sample_labels else ""
-        if sample_name == name and found == selector:
-            return float(value)
-    return 0.0
 
 
 def app(tmp_path):
@@ -73,6 +61,20 @@ def test_metrics_add_up_over_workers(serve, tmp_path):
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
         assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="200") == 40
     assert metric(text, "wagi_module_loads_total", how="cached") == 4  # 2 modules x 2 workers
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_requests_in_flight_are_counted_over_workers(serve, tmp_path, workers):
+    (tmp_path / "nap.wat").write_text(sleeper(1.0, b"rested"))
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/nap"\nmodule = "nap.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"), "--workers", workers)
+    wait_for_log(server, "wagi: ready", count=int(workers))
+    assert scrape(server, "wagi_requests_in_flight") == 0
+    with concurrent.futures.ThreadPoolExecutor(3) as threads:
+        naps = [threads.submit(httpx.get, f"{server.url}/nap", timeout=30) for _ in range(3)]
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 3, "3 in flight")
+        assert [nap.result().text for nap in naps] == ["rested"] * 3
+    assert scrape(server, "wagi_requests_in_flight") == 0
 
 
 def test_json_logs_carry_the_access_fields_and_tag_guest_stderr(serve, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest, sleeper, wait_for_log, wait_until, workers_of
+from conftest import cgi_guest, scrape, sleeper, wait_for_log, wait_until, workers_of
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.engine import Engine
@@ -38,7 +38,7 @@ def start_requests(server, count: int) -> list[concurrent.futures.Future]:
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(serve, tmp_path, workers):
     server = serve("-c", str(app_folder(tmp_path, 1.5)), "--workers", workers)
     in_flight = start_requests(server, 4)
-    time.sleep(0.5)  # they have all started sleeping
+    wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 4, "4 requests in flight")
     server.process.send_signal(signal.SIGTERM)
     responses = [future.result() for future in in_flight]
     assert [r.status_code for r in responses] == [200] * 4
@@ -71,7 +71,7 @@ def test_the_grace_period_bounds_the_wait(serve, tmp_path):
         "-c", str(app_folder(tmp_path, 30)), "--grace-period", "1", "--request-timeout", "60"
     )
     in_flight = start_requests(server, 1)
-    time.sleep(0.5)
+    wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the request in flight")
     stopped = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=20) == 0
