@@ -129,6 +129,12 @@ class Gateway:
                     self._spawn(self._load_first())
                 else:  # hypercorn accepts connections once the startup is complete
                     await self._load_first()
+                    if self.load_error is not None:
+                        # hypercorn then accepts none: they wait for the next worker
+                        # rather than being reset.
+                        reason = str(self.load_error)
+                        await send({"type": "lifespan.startup.failed", "message": reason})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:
@@ -273,8 +279,8 @@ class Gateway:
         if path == INFO_PATH:
             await _respond_json(send, request_id, _info(loaded))
             return
-        loaded.requests += 1  # this version stays open until the request is answered
         self.metrics.in_flight.inc()
+        loaded.requests += 1  # this version stays open until the request is answered
         try:
             await self._route(scope, receive, send, head, loaded, started)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import hypercorn.asyncio
 import hypercorn.config
+from hypercorn.utils import LifespanFailureError
 
 from .app import Gateway
 from .config import MAX_HEAD_SIZE, ConfigError, Settings
@@ -91,7 +93,7 @@ def serve(settings: Settings) -> None:
 
 
 def listening_sockets(config: hypercorn.config.Config) -> list[socket.socket]:
-    """Open the sockets of `config.bind` (once, for every worker to share)."""
+    """Open the sockets of `config.bind` (bound; asyncio or `worker_sockets` listens)."""
     try:
         sockets = config.create_sockets()
     except OSError as error:
@@ -158,7 +160,9 @@ def serve_on(
         asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
         await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown_trigger)
 
-    asyncio.run(run())
+    # A failed start: the app keeps the reason (`Gateway.load_error`).
+    with contextlib.suppress(LifespanFailureError):
+        asyncio.run(run())
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -202,6 +206,8 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
     # A worker that starts, or replaces one that died, loads before it accepts anything:
     # the connections waiting on its socket get answers, not "still loading" 503s.
     gateway.serve_while_loading = not supervised
+    if supervised:
+        config.startup_timeout = None  # the load is bounded by itself (compiling, start functions)
     if settings.watch and not supervised:  # with several workers, the supervisor watches
         from .reload import Reloader  # watchfiles is only needed to watch
 
@@ -393,6 +399,11 @@ class Supervisor:
         for worker in self.workers.values():
             if worker.is_alive():
                 worker.terminate()  # SIGTERM: hypercorn finishes in-flight requests
+        # New connections are refused from now on (a balancer tries elsewhere at once)
+        # rather than queued on sockets no worker will accept from, and reset at exit.
+        for sockets in self.sockets:
+            for sock in sockets:
+                sock.close()
 
 
 def _announce(settings: Settings, manifest: Manifest, sockets: list[socket.socket]) -> None:

@@ -138,6 +138,12 @@ def test_connections_opened_at_once_are_spread_over_the_workers(serve, example_a
     assert min(served["worker 1"], served["worker 2"]) >= 8, served
 
 
+def served_by_successor(log: str) -> int:
+    """Requests answered by the last worker started in place of one that exited."""
+    restart = list(re.finditer(r"worker (\d) exited with status \S+; starting a new one", log))[-1]
+    return log[restart.end() :].count(f"[worker {restart.group(1)}] wagi.access")
+
+
 def test_connections_waiting_on_a_dead_worker_are_served_by_its_successor(serve, example_apps):
     server = serve("-c", str(example_apps), "--workers", "2")
     wait_for_log(server, "wagi: ready", count=2)
@@ -147,4 +153,22 @@ def test_connections_waiting_on_a_dead_worker_are_served_by_its_successor(serve,
     with concurrent.futures.ThreadPoolExecutor(20) as threads:
         responses = list(threads.map(lambda _: get(server, "/hello"), range(20)))
     assert [r.status_code for r in responses] == [200] * 20
-    assert "starting a new one" in server.log()
+    assert served_by_successor(server.log()) > 0
+
+
+def test_a_successor_that_cannot_load_leaves_the_waiting_connections_to_the_next(serve, tmp_path):
+    module = tmp_path / "hi.wat"
+    module.write_text(cgi_guest(b"Content-Type: text/plain\n\nhi\n"))
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/hi"\nmodule = "hi.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"), "--workers", "2")
+    wait_for_log(server, "wagi: ready", count=2)
+    good = module.read_text()
+    module.write_text("(module (func")  # the next worker to start cannot load it
+    os.kill(workers_of(server)[0], signal.SIGKILL)
+    with concurrent.futures.ThreadPoolExecutor(20) as threads:
+        pending = [threads.submit(get, server, "/hi") for _ in range(20)]
+        wait_for_log(server, "exited with status 1; starting a new one")
+        module.write_text(good)  # for the one after it
+        responses = [future.result() for future in pending]
+    assert [r.status_code for r in responses] == [200] * 20  # none reset by the one that failed
+    assert served_by_successor(server.log()) > 0

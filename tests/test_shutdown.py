@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -64,6 +65,25 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; only its parent has yet to reap it
+
+
+def test_a_stopping_gateway_refuses_new_connections_while_its_workers_drain(serve, tmp_path):
+    server = serve("-c", str(app_folder(tmp_path, 5)), "--workers", "2")
+    in_flight = start_requests(server, 1)
+    wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the request in flight")
+    server.process.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    # At once, not queued until the drain ends (5 s) and then reset.
+    wait_until(refused, "new connections are still taken", timeout=3)
+    assert in_flight[0].result().text == "slept"  # the one in flight still finishes
+    assert server.process.wait(timeout=20) == 0
 
 
 def test_the_grace_period_bounds_the_wait(serve, tmp_path):
