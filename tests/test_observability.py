@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import re
+import time
 from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from conftest import SPIN, cgi_guest, metric, scrape, sleeper, wait_for_log, wait_until
-from gateway.logs import MAX_STDERR_LOGGED, ComponentLog
+from gateway.logs import MAX_STDERR_LOGGED, ComponentLog, TextFormatter
 from gateway.metrics import Metrics
 
 
@@ -120,6 +122,17 @@ def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
         line for line in server.log().splitlines() if "wagi.access" in line and request_id in line
     )
     assert re.search(rf"{request_id} GET /hi 200 3B hi [\d.]+ms \(guest [\d.]+ms\)$", line)
+
+
+def test_the_text_format_gives_each_record_its_own_time_and_the_worker():
+    formatter = TextFormatter("worker 2")
+    lines = []
+    for created in (3600.2, 3600.9, 3601.1, 3599.5):  # the time is formatted once a second
+        record = logging.LogRecord("wagi.access", logging.INFO, "", 0, "a line", None, None)
+        record.created = created
+        lines.append(formatter.format(record))
+    stamps = [time.strftime("%H:%M:%S", time.localtime(c)) for c in (3600, 3600, 3601, 3599)]
+    assert lines == [f"{stamp} INFO    [worker 2] wagi.access: a line" for stamp in stamps]
 
 
 class _Pool:
