@@ -39,14 +39,14 @@ def git(*args: str) -> str:
                           check=True).stdout.strip()  # fmt: skip
 
 
-def start(name: str, tree: Path, routes: Path, cache: Path, workers: int, path: str) -> Server:
+def start(name: str, tree: Path, routes: Path, args: argparse.Namespace, cache: Path) -> Server:
     """`wagi serve` from the source in `tree` (its `gateway` package comes first on the path)."""
     port = free_port()
     command = [PYTHON, "-m", "gateway.cli", "serve", "-c", str(routes),
-               "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--cache-dir", str(cache), "--log-level", "warning"]  # fmt: skip
+               "--listen", f"127.0.0.1:{port}", "--workers", str(args.workers),
+               "--cache-dir", str(cache), "--log-level", args.log_level]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(tree)}
-    return Server(name, command, port, path, cwd=tree, env=environment)
+    return Server(name, command, port, f"/{args.modules[0]}", cwd=tree, env=environment)
 
 
 def compare(args: argparse.Namespace) -> str:
@@ -55,13 +55,12 @@ def compare(args: argparse.Namespace) -> str:
     tree, commit = checkout(args.revision)
     routes = manifest(modules, args.modules, OUT / "compare.toml")
     cache = Path(tempfile.mkdtemp(prefix="wagi-bench-compare-"))
-    first = f"/{args.modules[0]}"
     servers: dict[str, Server] = {}
     result = Throughput({f"{module} {side}": [] for module in args.modules
                          for side in ("old", "new")})  # fmt: skip
     try:
-        servers["old"] = start(f"revision {commit}", tree, routes, cache, args.workers, first)
-        servers["new"] = start("working tree", ROOT, routes, cache, args.workers, first)
+        servers["old"] = start(f"revision {commit}", tree, routes, args, cache)
+        servers["new"] = start("working tree", ROOT, routes, args, cache)
         targets = [(module, side) for module in args.modules for side in servers]
         for module, side in targets:  # warm up
             wrk(servers[side].url(f"/{module}"), 1, args.connections)
@@ -89,7 +88,8 @@ def report(args: argparse.Namespace, commit: str, result: Throughput, problems: 
         f"# Working tree ({git('rev-parse', '--short', 'HEAD')}{dirty}) against {commit}",
         "",
         f"Made by `python bench/compare.py {commit} --modules {' '.join(args.modules)} "
-        f"--workers {args.workers} --rounds {args.rounds} --duration {args.duration}` on "
+        f"--workers {args.workers} --rounds {args.rounds} --duration {args.duration} "
+        f"--log-level {args.log_level}` on "
         f"{datetime.date.today()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
         f"Load: `wrk -t2 -c{args.connections}`, both gateways in turn, {args.rounds} rounds.",
         "",
@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--log-level", default="warning",
+                        help="the gateways' log level: `info` writes the access log")  # fmt: skip
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -8,8 +8,9 @@ side and alternate within each round, on the same machine, so ratios are meaning
 even where absolute numbers are not (these machines are shared and noisy).
 
 Targets, all behind the same hypercorn configuration:
-  A  the gateway (`wagi serve`), with the modules hello (WAT), env (C) and page (C:
-     SHA-256 of the body and an 11 KB page)
+  A  the gateway (`wagi serve --log-level warning`: no access log, as the baselines write
+     none), with the modules hello (WAT), env (C) and page (C: SHA-256 of the body and an
+     11 KB page)
   B  a plain ASGI app returning hello's bytes (bench/baselines.py): the ceiling
   C  classic CGI: a `wasmtime run hello.wasm` process per request (bench/baselines.py)
   D  a diagnostic, 1 worker: the gateway with each guest's first outcome replayed
@@ -397,7 +398,9 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         "",
         "## Throughput and latency",
         "",
-        "Medians over rounds.",
+        "Medians over rounds. The gateway runs with `--log-level warning`, without its access "
+        "log, since the baselines write none (the access log, on by default, costs hello about "
+        "a tenth of its rate: docs/performance.md).",
         "",
         "| target | req/s | req/s, lowest-highest round | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
