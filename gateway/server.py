@@ -378,7 +378,9 @@ class Supervisor:
             self._stop(signal.SIGTERM, None)
             return
         log.error("worker %d exited with status %s; starting a new one", number, worker.exitcode)
-        time.sleep(0.5)  # do not spin if workers die at start
+        if self.quick_deaths:
+            time.sleep(0.5)  # do not spin if workers die at start
+        # Else at once: connections are waiting on its socket.
         self._start(number)
 
     def _forward(self, signum: int, _frame: object) -> None:
