@@ -400,7 +400,7 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         "",
         "Medians over rounds. The gateway runs with `--log-level warning`, without its access "
         "log, since the baselines write none (the access log, on by default, costs hello about "
-        "a tenth of its rate: docs/performance.md).",
+        "9% of its rate: docs/performance.md).",
         "",
         "| target | req/s | req/s, lowest-highest round | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
