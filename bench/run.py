@@ -133,6 +133,7 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"{name} did not start")
 
     def url(self, path: str) -> str:
@@ -214,8 +215,9 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
     targets: dict[str, str] = {}
     try:
         for workers in args.workers:
-            a, b, c = (start_target(kind, workers, routes, cache, modules) for kind in "ABC")
-            servers.update({f"A{workers}": a, f"B{workers}": b, f"C{workers}": c})
+            for kind in "ABC":  # each kept as it starts, so that a failure stops the others
+                servers[f"{kind}{workers}"] = start_target(kind, workers, routes, cache, modules)
+            a, b, c = (servers[f"{kind}{workers}"] for kind in "ABC")
             targets.update({
                 f"A hello, {workers}w": a.url("/hello"),
                 f"B plain, {workers}w": b.url("/"),
