@@ -343,8 +343,8 @@ def test_wagi_volumes_are_mounted_read_only(serve, tmp_path, c_guest):
     assert not (tmp_path / "assets" / "y.txt").exists()
 
 
-@pytest.fixture
-def tls_server(serve, example_apps, tmp_path):
+@pytest.fixture(params=["1", "2"], ids=["1 worker", "2 workers"])
+def tls_server(request, serve, example_apps, tmp_path):
     authority = trustme.CA()
     certificate = authority.issue_cert("127.0.0.1", "localhost")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -359,6 +359,8 @@ def tls_server(serve, example_apps, tmp_path):
         str(cert_path),
         "--tls-key",
         str(key_path),
+        "--workers",
+        request.param,
         verify=context,
     )
     return server, context
