@@ -344,6 +344,8 @@ class Supervisor:
                     self._reap(number, worker)
 
     def _start(self, number: int) -> None:
+        if self.stopping:  # told to stop while starting the workers: its socket is closed
+            return
         worker = self.context.Process(
             target=self.target,
             args=(number, self.sockets[number - 1], *self.args),
@@ -354,6 +356,10 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             worker.start()
+        except (OSError, ValueError):
+            if self.stopping:  # the stop closed the socket this worker was being given
+                return
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         self.workers[number] = worker

@@ -18,6 +18,7 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.engine import Engine
 from gateway.executor import Executor
+from gateway.server import Supervisor, hypercorn_config, worker_sockets
 
 
 def app_folder(tmp_path: Path, seconds: float) -> Path:
@@ -84,6 +85,19 @@ def test_a_stopping_gateway_refuses_new_connections_while_its_workers_drain(serv
     wait_until(refused, "new connections are still taken", timeout=3)
     assert in_flight[0].result().text == "slept"  # the one in flight still finishes
     assert server.process.wait(timeout=20) == 0
+
+
+def _no_worker(number: int, sockets: list) -> None:
+    raise AssertionError("no worker starts once the supervisor is stopping")
+
+
+def test_a_supervisor_stopped_while_it_starts_workers_starts_no_more():
+    settings = Settings(manifest=Path("-"), listen="127.0.0.1:0")
+    supervisor = Supervisor(_no_worker, worker_sockets(hypercorn_config(settings), 2))
+    supervisor._stop(signal.SIGTERM, None)  # as SIGTERM would, between two starts
+    supervisor._start(2)  # the next start of `Supervisor.run`, on a closed socket
+    assert supervisor.workers == {}
+    assert [sock.fileno() for sockets in supervisor.sockets for sock in sockets] == [-1, -1]
 
 
 def test_the_grace_period_bounds_the_wait(serve, tmp_path):
