@@ -35,9 +35,9 @@ def figures(text: str) -> dict[str, float]:
     ceiling = re.search(r"^D/B = ([\d.]+)", text, re.MULTILINE)
     if ceiling:
         found["D/B, 1w"] = float(ceiling.group(1))
-    logged = re.search(r"hello on 1 worker \(L\): \d+ req/s, ([\d.]+) of A's rate", text)
-    if logged:  # runs since the access-log target was added
-        found["L / A: with the access log, hello, 1w"] = float(logged.group(1))
+    logged = re.search(r"^The access log .* L/N = ([\d.]+)", text, re.MULTILINE)
+    if logged:  # runs since the twin access-log targets were added
+        found["L/N: the access log, hello, 1w"] = float(logged.group(1))
     scaling = re.search(r"hello: ([\d.]+)x \(plain ASGI: ([\d.]+)x\)", text)
     if scaling:
         found["2w / 1w, hello"] = float(scaling.group(1))

@@ -13,7 +13,8 @@ Targets, all behind the same hypercorn configuration:
      11 KB page)
   B  a plain ASGI app returning hello's bytes (bench/baselines.py): the ceiling
   C  classic CGI: a `wasmtime run hello.wasm` process per request (bench/baselines.py)
-  L  the gateway with its access log, 1 worker, hello: what the log costs
+  L  the gateway with its access log and N without, both serving only hello on 1 worker:
+     what the access log costs (A serves env and page too, so it is no twin of L)
   D  a diagnostic, 1 worker: the gateway with each guest's first outcome replayed
      (bench/baselines.py replay), which splits A's gap to B into the gateway's Python
      around the guest (D - B) and the guest's own path (A - D)
@@ -47,7 +48,7 @@ OUT = ROOT / "bench" / "out"
 PYTHON = sys.executable
 WAGI = str(Path(sys.executable).parent / "wagi")
 REPLAY = "D replay, 1w"
-LOGGED = "A hello, 1w, access log"
+LOGGED, QUIET = "L hello, 1w, access log", "N hello, 1w, no access log"
 
 
 # ------------------------------------------------------------------ building the apps
@@ -228,8 +229,11 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
             if workers == 1:
                 servers["D1"] = start_target("D", 1, routes, cache, modules)
                 targets[REPLAY] = servers["D1"].url("/hello")
-                servers["L1"] = start_target("L", 1, routes, cache, modules)
-                targets[LOGGED] = servers["L1"].url("/hello")
+                # A twin pair that differs only in the access log: both serve only hello.
+                hello_only = manifest(modules, ["hello"], OUT / "logging.toml")
+                for kind, name in (("L", LOGGED), ("N", QUIET)):
+                    servers[f"{kind}1"] = start_target(kind, 1, hello_only, cache, modules)
+                    targets[name] = servers[f"{kind}1"].url("/hello")
         result = Throughput({name: [] for name in targets})
         for url in targets.values():  # warm up
             wrk(url, 1, args.connections)
@@ -244,7 +248,7 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
                       f"req/s  p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
                       f"errors {load.errors} {load.error_kinds}", flush=True)  # fmt: skip
         result.problems = {servers[key].name: servers[key].problems()
-                           for key in servers if key.startswith(("A", "D", "L"))}  # fmt: skip
+                           for key in servers if key.startswith(("A", "D", "L", "N"))}  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()
@@ -255,11 +259,11 @@ def throughput(modules: dict[str, Path], args: argparse.Namespace) -> Throughput
 def start_target(kind: str, workers: int, routes: Path, cache: Path, modules: dict) -> Server:
     port = free_port()
     listen = ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
-    if kind in "AL":
+    if kind in "ALN":
         command = [WAGI, "serve", "-c", str(routes), *listen, "--cache-dir", str(cache)]
-        if kind == "A":  # L keeps the access log, as `wagi serve` does by default
+        if kind != "L":  # L keeps the access log, as `wagi serve` does by default
             command += ["--log-level", "warning"]
-        name = "gateway" if kind == "A" else "gateway with its access log"
+        name = "gateway with its access log" if kind == "L" else "gateway"
         return Server(f"{name}, {workers} workers", command, port, "/hello")
     baselines = [PYTHON, str(ROOT / "bench/baselines.py")]
     if kind == "B":
@@ -407,8 +411,8 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
         "## Throughput and latency",
         "",
         "Medians over rounds. The gateway (A) runs with `--log-level warning`, without its "
-        "access log, since the baselines write none; L is A with it, as `wagi serve` runs by "
-        "default.",
+        "access log, since the baselines write none. L and N are twin gateways serving only "
+        "hello, L with the access log (as `wagi serve` runs by default), N without.",
         "",
         "| target | req/s | req/s, lowest-highest round | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
@@ -443,10 +447,8 @@ def report(args: argparse.Namespace, result: Throughput, cold: dict, compile_ms:
     if REPLAY in result.runs:
         lines += ["", *split_of_the_gap(result)]
     if LOGGED in result.runs:
-        logged = result.median(LOGGED, "requests_per_second")
-        share = result.ratio(LOGGED, "A hello, 1w")
-        lines += ["", f"With its access log (`wagi serve`'s default), hello on 1 worker (L): "
-                      f"{logged:.0f} req/s, {share:.2f} of A's rate."]  # fmt: skip
+        lines += ["", f"The access log (`wagi serve`'s default), hello on 1 worker: L/N = "
+                      f"{result.ratio(LOGGED, QUIET):.2f} (L with it, N without)."]  # fmt: skip
     if 1 in args.workers and 2 in args.workers:
         scaling = result.ratio("A hello, 2w", "A hello, 1w")
         plain = result.ratio("B plain, 2w", "B plain, 1w")
