@@ -87,15 +87,16 @@ class Gateway:
         settings: Settings,
         executor: Executor,
         load: Callable[[LoadedApp | None], LoadedApp],
+        serve_while_loading: bool = True,
     ) -> None:
-        """`load(previous)` makes a version of the app."""
+        """`load(previous)` makes a version of the app. With `serve_while_loading`,
+        connections are accepted while the first version loads (answered 503 until it is
+        ready, so that health checks see a live process); a worker under a supervisor
+        loads first instead, its socket holding connections until then."""
         self.settings = settings
         self.executor = executor
         self._load = load
-        # Whether connections are accepted while the first version loads (answered 503
-        # until it is ready, so that health checks see a live process). A worker under a
-        # supervisor loads first: its socket holds connections until then.
-        self.serve_while_loading = True
+        self.serve_while_loading = serve_while_loading
         # Tasks to run, once the app is loaded, for as long as it serves.
         self.background: list[Callable[[], Awaitable[None]]] = []
         self.loaded: LoadedApp | None = None
@@ -588,7 +589,7 @@ class RequestHead(NamedTuple):
     # Transfer-Encoding), so the body's one empty message is already waiting.
     may_have_body: bool
     # False for a Host header that is no host[:port] (RFC 9112 3.2: answer 400).
-    host_ok: bool = True
+    host_ok: bool
 
     @classmethod
     def read(cls, scope: Scope) -> RequestHead:

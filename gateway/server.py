@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import copy
 import ctypes
 import logging
 import os
@@ -113,36 +114,23 @@ def worker_sockets(config: hypercorn.config.Config, count: int) -> list[list[soc
     """
     # A plain socket first: it fails on an address in use, even one held by another
     # process with SO_REUSEPORT (which would otherwise silently share our port).
-    probe = listening_sockets(config)[0]
-    with probe:
-        family, address = probe.family, probe.getsockname()
-    sockets = []
+    with listening_sockets(config)[0] as probe:
+        address = _address(probe)  # the port the system chose, for `HOST:0`
+    shared = copy.copy(config)
+    shared.bind = [address]
+    shared.workers = count  # hypercorn then makes its sockets with SO_REUSEPORT
+    sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sockets.append(_reuse_port_socket(family, address, config.backlog))
-    except OSError as error:
+            sockets += listening_sockets(shared)  # a ConfigError if taken meanwhile
+            sockets[-1].listen(config.backlog)  # connections wait here while its worker starts
+    except (ConfigError, OSError) as error:
         for sock in sockets:
             sock.close()
-        reason = (error.strerror or str(error)).lower()
-        raise ConfigError(f"cannot listen on {', '.join(config.bind)}: {reason}") from None
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"cannot listen on {address}: {error.strerror or error}") from None
     return [[sock] for sock in sockets]
-
-
-def _reuse_port_socket(family: int, address: tuple, backlog: int) -> socket.socket:
-    """A listening TCP socket on `address` that shares it with others (SO_REUSEPORT)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(address)
-        sock.listen(backlog)  # connections wait here while its worker starts or restarts
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve_on(
@@ -173,7 +161,9 @@ def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None
     loop.default_exception_handler(context)
 
 
-def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
+def make_gateway(
+    settings: Settings, manifest: Manifest, serve_while_loading: bool = True
+) -> Gateway:
     """The ASGI app for `manifest`; it loads the app when its lifespan starts, and
     reloads from `settings.manifest`."""
     engine = Engine(settings.cache_dir, settings.engine)
@@ -191,7 +181,8 @@ def make_gateway(settings: Settings, manifest: Manifest) -> Gateway:
             )
         return loaded
 
-    return Gateway(settings, Executor(engine, settings.guest_threads), load)
+    executor = Executor(engine, settings.guest_threads)
+    return Gateway(settings, executor, load, serve_while_loading=serve_while_loading)
 
 
 def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
@@ -202,10 +193,9 @@ def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = 
     if not supervised:
         sockets = listening_sockets(config)  # a port in use fails before the banner
         _announce(settings, manifest, sockets)
-    gateway = make_gateway(settings, manifest)
     # A worker that starts, or replaces one that died, loads before it accepts anything:
     # the connections waiting on its socket get answers, not "still loading" 503s.
-    gateway.serve_while_loading = not supervised
+    gateway = make_gateway(settings, manifest, serve_while_loading=not supervised)
     if supervised:
         config.startup_timeout = None  # the load is bounded by itself (compiling, start functions)
     if settings.watch and not supervised:  # with several workers, the supervisor watches

@@ -11,8 +11,8 @@ other descriptor fail with EBADF: guests only ever get read-only files.
 `poll_oneoff`, WASI's sleep: wasmtime's blocks its thread for as long as the guest asks,
 and an epoch deadline cannot interrupt a host call, so a guest sleeping past its request's
 deadline kept a worker thread long after its request was answered. Here a sleep ends by
-the call's deadline (or when the gateway stops); the guest is then stopped at its next
-epoch check.
+the call's deadline (or when the gateway stops), and the call then traps: the guest is
+stopped rather than woken as if its time had come.
 
 Every pointer the guest passes is checked against its memory's size before it is used.
 """
