@@ -250,6 +250,12 @@ class Gateway:
             if not head.host_ok:
                 await _respond(send, request_id, 400, "the Host header is not a host[:port]")
                 return
+            if head.conflicting_lengths:
+                # RFC 9112 6.3: a likely request-smuggling attempt (nginx refuses it too).
+                # The connection's framing is in doubt, so it closes after the answer.
+                detail = "both Content-Length and Transfer-Encoding"
+                await _respond(send, request_id, 400, detail, close=True)
+                return
             await self._handle(scope, receive, send, head)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
@@ -590,6 +596,8 @@ class RequestHead(NamedTuple):
     may_have_body: bool
     # False for a Host header that is no host[:port] (RFC 9112 3.2: answer 400).
     host_ok: bool
+    # An HTTP/1 request with both Content-Length and Transfer-Encoding.
+    conflicting_lengths: bool
 
     @classmethod
     def read(cls, scope: Scope) -> RequestHead:
@@ -599,15 +607,17 @@ class RequestHead(NamedTuple):
         body_length = 0
         may_have_body = not scope.get("http_version", "1.1").startswith("1")
         host = b""
+        has_length = has_coding = False
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"host":
                 host = value
             elif name == b"content-length":
+                has_length = True
                 body_length = int(value) if value.isdigit() and len(value) < 19 else 0
                 may_have_body = may_have_body or body_length > 0
             elif name == b"transfer-encoding":
-                may_have_body = True
+                has_coding = may_have_body = True
             elif name == b"x-request-id":
                 # Keep the id a load balancer or client already gave, when it is sane.
                 text = value.decode("latin-1")
@@ -615,7 +625,8 @@ class RequestHead(NamedTuple):
                     request_id = text
         request_id = request_id or os.urandom(8).hex()
         host_ok = _HOST.match(host) is not None
-        return cls(request_id, size, body_length, may_have_body, host_ok)
+        conflicting = has_length and has_coding
+        return cls(request_id, size, body_length, may_have_body, host_ok, conflicting)
 
 
 # RFC 3986's host (a name, IPv4, or [IPv6]) with an optional port.
@@ -658,12 +669,19 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _respond(
-    send: Send, request_id: str, status: int, detail: str = "", retry: bool = False
+    send: Send,
+    request_id: str,
+    status: int,
+    detail: str = "",
+    retry: bool = False,
+    close: bool = False,
 ) -> int:
     """A short plain-text answer: the status's reason, then the detail if any."""
     reason = REASONS.get(status) or HTTPStatus(status).phrase
     text = reason + (f": {detail}" if detail and status != 200 else "")
     body = (detail if status == 200 else text).encode() + b"\n"
     extra = [(b"retry-after", b"1")] if retry else []
+    if close:
+        extra.append((b"connection", b"close"))  # hypercorn (h11) closes after the answer
     await _send(send, status, body, b"text/plain; charset=utf-8", request_id, extra)
     return status

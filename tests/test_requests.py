@@ -173,6 +173,21 @@ def test_a_host_header_that_is_no_host_is_400(target, host):
     assert b"the Host header is not a host[:port]" in answer
 
 
+def test_content_length_with_transfer_encoding_is_400_and_closes_the_connection(target):
+    # RFC 9112 6.3: a likely smuggling attempt. The pipelined GET must not be served.
+    smuggled = b"GET /env/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (b"POST /noisy HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # fmt: skip
+    started = time.monotonic()
+    answer = raw_request(target, head + smuggled)
+    assert time.monotonic() - started < 5  # closed by the gateway, not by the timeout
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"both Content-Length and Transfer-Encoding" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"connection: close" in answer.lower()
+    assert (target.folder / "logs" / "noisy.log").read_text() == ""  # the guest never ran
+
+
 def test_an_absolute_form_target_is_served_with_its_authority_as_host(target):
     answer = raw_request(target, b"GET http://shop.example:8080/env/x?a=1 HTTP/1.1\r\n"
                          b"Host: other\r\nConnection: close\r\n\r\n")  # fmt: skip
