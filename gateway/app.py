@@ -105,6 +105,9 @@ class Gateway:
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        # The tasks handling HTTP requests now, so that the grace period can end them.
+        self._requests: set[asyncio.Task] = set()
+        self._grace_over = False
         self.metrics = Metrics()
         self.proxies = TrustedProxies(settings.forwarded_allow_ips)
 
@@ -112,6 +115,8 @@ class Gateway:
         """The ASGI entry point: HTTP requests and the lifespan."""
         if scope["type"] == "http":
             await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await _refuse_websocket(scope, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -228,6 +233,25 @@ class Gateway:
                 "draining: finishing requests in flight (for up to %g s)",
                 self.settings.grace_period,
             )
+        loop.call_later(self.settings.grace_period, self._end_requests)
+
+    def _end_requests(self) -> None:
+        """The grace period is over: stop the requests still in flight.
+
+        The gateway ends them itself, a moment before hypercorn would cancel them: a task
+        cancelled by hypercorn while an HTTP/2 request waited for its body never finished
+        (its error answer waited for the connection's sender, already cancelled), and the
+        process never exited.
+        """
+        self._grace_over = True
+        if self._requests:
+            log.warning(
+                "the grace period is over: stopping %d request%s in flight",
+                len(self._requests),
+                "" if len(self._requests) == 1 else "s",
+            )
+        for task in self._requests:
+            task.cancel()
 
     def close(self) -> None:
         """Stop running guests and release the loaded app."""
@@ -241,6 +265,8 @@ class Gateway:
         scope = _origin_form(scope)
         head = RequestHead.read(scope)
         request_id = head.request_id
+        task = asyncio.current_task()
+        self._requests.add(task)
         try:
             if head.size > MAX_HEAD_SIZE:
                 # hypercorn limits only heads that arrive in pieces; this catches the rest.
@@ -257,11 +283,19 @@ class Gateway:
                 await _respond(send, request_id, 400, detail, close=True)
                 return
             await self._handle(scope, receive, send, head)
+        except asyncio.CancelledError:
+            if not self._grace_over:
+                raise  # the client went away, or hypercorn is stopping
+            task.uncancel()
+            with contextlib.suppress(Exception):  # unless a response already started
+                await _respond(send, request_id, 503, "the gateway stopped", close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
             with contextlib.suppress(Exception):
                 await _respond(send, request_id, 500)
+        finally:
+            self._requests.discard(task)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> None:
         started = time.perf_counter()
@@ -526,6 +560,21 @@ def _info(loaded: LoadedApp) -> dict:
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.loaded_at)),
         "routes": {route.pattern.text: route.target.component.id for route in loaded.routes.routes},
     }
+
+
+async def _refuse_websocket(scope: Scope, send: Send) -> None:
+    """WAGI modules answer plain HTTP requests: a WebSocket upgrade gets a 501."""
+    log.info("refused a WebSocket upgrade of %s: not supported (501)", scope["path"])
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})  # the server answers 403
+        return
+    body = b"Not Implemented: WebSocket is not supported; WAGI modules answer HTTP requests\n"
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "websocket.http.response.start", "status": 501, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _respond_json(send: Send, request_id: str, document: dict) -> None:

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wagi")
 
+# Seconds hypercorn waits for connections after the grace period has ended requests.
+GRACE_BACKSTOP = 2.0
+
 
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     """The hypercorn settings that follow from ours."""
@@ -60,7 +63,9 @@ def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     # first, and no sooner than an idle keep-alive connection is closed anyway.
     config.keep_alive_timeout = settings.keep_alive_timeout
     config.read_timeout = max(round(settings.client_timeout) + 1, settings.keep_alive_timeout)
-    config.graceful_timeout = settings.grace_period
+    # The gateway ends requests at the grace period itself (`Gateway._end_requests`);
+    # hypercorn's own deadline, a little later, is a backstop for connections alone.
+    config.graceful_timeout = settings.grace_period + GRACE_BACKSTOP
     if settings.tls_cert is not None:
         config.certfile = str(settings.tls_cert)
         config.keyfile = str(settings.tls_key)

@@ -12,6 +12,7 @@ from conftest import ROOT
 from gateway.cli import _parser, settings_from_args
 from gateway.config import Settings
 from gateway.manifest import load_manifest
+from gateway.server import GRACE_BACKSTOP
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
@@ -90,12 +91,13 @@ def test_the_pod_arguments_are_accepted_by_wagi_serve(tmp_path):
 
 
 def test_the_pod_outlives_its_drain(tmp_path):
-    """preStop sleep and wagi's grace period both fit in the pod's termination grace."""
+    """preStop sleep, wagi's grace period and hypercorn's backstop after it all fit in the
+    pod's termination grace."""
     pod = objects()["Deployment"]["spec"]["template"]["spec"]
     pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     grace = image_settings(tmp_path).grace_period
-    assert int(pre_stop[1]) + grace < pod["terminationGracePeriodSeconds"]
+    assert int(pre_stop[1]) + grace + GRACE_BACKSTOP < pod["terminationGracePeriodSeconds"]
 
 
 def test_probes_use_the_gateway_health_endpoints():

@@ -188,6 +188,15 @@ def test_content_length_with_transfer_encoding_is_400_and_closes_the_connection(
     assert (target.folder / "logs" / "noisy.log").read_text() == ""  # the guest never ran
 
 
+def test_a_websocket_upgrade_is_501_with_a_reason(target):
+    answer = raw_request(target, b"GET /env HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+    assert b"WebSocket is not supported" in answer
+    assert "refused a WebSocket upgrade of /env" in target.log()
+
+
 def test_an_absolute_form_target_is_served_with_its_authority_as_host(target):
     answer = raw_request(target, b"GET http://shop.example:8080/env/x?a=1 HTTP/1.1\r\n"
                          b"Host: other\r\nConnection: close\r\n\r\n")  # fmt: skip
