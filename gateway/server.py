@@ -29,6 +29,7 @@ import hypercorn.asyncio
 import hypercorn.config
 from hypercorn.utils import LifespanFailureError
 
+from . import http2
 from .app import Gateway
 from .config import MAX_HEAD_SIZE, ConfigError, Settings
 from .engine import Engine, LoadError
@@ -145,6 +146,7 @@ def serve_on(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve an ASGI app with hypercorn, on `sockets` if given, else on `config.bind`."""
+    http2.install()
     if sockets is not None:
         # hypercorn binds `fd://N` as given: the sockets the supervisor opened.
         config.bind = [f"fd://{sock.detach()}" for sock in sockets]

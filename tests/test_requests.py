@@ -153,6 +153,61 @@ def test_credentials_and_the_proxy_header_never_reach_the_guest(target):
         assert hidden not in response.text
 
 
+def http2_statuses(server, method: bytes, path: bytes, body: bytes = b"") -> dict[int, bytes]:
+    """Over one HTTP/2 connection: stream 1 as given (its body in two halves, the second
+    after the answer), then stream 3, a plain GET /env. The status of each stream."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)  # fmt: skip
+    connection = h2.connection.H2Connection(config)
+    connection.initiate_connection()
+    authority = f"127.0.0.1:{server.port}".encode()
+    request = [(b":method", method), (b":path", path), (b":scheme", b"http"),
+               (b":authority", authority)]  # fmt: skip
+    connection.send_headers(1, request, end_stream=not body)
+    if body:
+        connection.send_data(1, body[: len(body) // 2])
+    statuses: dict[int, bytes] = {}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        while 3 not in statuses:
+            data = sock.recv(65536)
+            assert data, f"the connection closed; answers so far: {statuses}"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+            if 1 in statuses and 3 not in connection.streams:
+                if body:  # the rest of the body, after the answer: the client goes on
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
+                        connection.send_data(1, body[len(body) // 2 :], end_stream=True)
+                get = [(b":method", b"GET"), (b":path", b"/env"), (b":scheme", b"http"),
+                       (b":authority", authority)]  # fmt: skip
+                connection.send_headers(3, get, end_stream=True)
+            sock.sendall(connection.data_to_send())
+    return statuses
+
+
+@pytest.mark.parametrize("method, path", [
+    (b"GET", b"/env/\xff"), (b"GET", b"/env/a b"), (b"G ET", b"/env"), (b"G\xffT", b"/env"),
+    (b"GET", b"env"),
+])  # fmt: skip
+def test_a_malformed_http2_request_is_400_and_its_connection_goes_on(target, method, path):
+    # hypercorn itself took such a request as it came; a byte outside ASCII ended the
+    # whole connection with a traceback.
+    assert http2_statuses(target, method, path) == {1: b"400", 3: b"200"}
+    assert "Traceback" not in target.log()
+
+
+def test_http2_body_sent_after_an_early_answer_does_not_end_the_connection(target):
+    # The 413 comes before the whole body; the client sends the rest anyway.
+    assert http2_statuses(target, b"POST", b"/noisy", b"x" * 4000) == {1: b"413", 3: b"200"}
+    assert "Traceback" not in target.log()
+
+
 @pytest.mark.parametrize("path", [
     b"/env/../files", b"/env/%2e%2e/files", b"/env/a/%2E%2e/b", b"/env/a%2f..%2fb",
     b"/env/a%2F..%2F..%2Fsecret", b"/env/%00", b"/env/%ff%fe", b"/env/x#fragment",
