@@ -88,12 +88,11 @@ def serve(settings: Settings) -> None:
     sockets = worker_sockets(hypercorn_config(settings), settings.workers)
     _announce(settings, manifest, sockets[0])
     _share_metrics_between_workers()
-    supervisor = Supervisor(_worker_main, sockets, (settings,))
+    supervisor = Supervisor(_worker_main, sockets, (settings, manifest))
+    reloads = WorkerReloads(settings, engine, supervisor, modules)
+    supervisor.on_reload = reloads.on_signal
     if settings.watch:
-        _watch_for_workers(settings, engine, supervisor, modules)
-    else:
-        engine.close()  # the supervisor runs no guest: let the engine's memory go
-        del engine, modules
+        reloads.watch()
     supervisor.run()
     if supervisor.failed:
         raise LoadError("the workers could not start; see the log above")
@@ -192,9 +191,18 @@ def make_gateway(
     return Gateway(settings, executor, load, serve_while_loading=serve_while_loading)
 
 
-def _serve_in_process(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
-    """Serve in this process. Alone, it listens at once and loads the app meanwhile."""
-    manifest = load_manifest(settings.manifest)  # a broken manifest fails before listening
+def _serve_in_process(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    manifest: Manifest | None = None,
+) -> None:
+    """Serve in this process. Alone, it listens at once and loads the app meanwhile.
+
+    A worker is given its `manifest`: the last one its supervisor found good, which the
+    file may no longer be.
+    """
+    if manifest is None:
+        manifest = load_manifest(settings.manifest)  # a broken one fails before listening
     config = hypercorn_config(settings)
     supervised = sockets is not None
     if not supervised:
@@ -235,42 +243,68 @@ def _share_metrics_between_workers() -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
-def _watch_for_workers(
-    settings: Settings,
-    engine: Engine,
-    supervisor: Supervisor,
-    running: dict[str, wasmtime.Module],
+class WorkerReloads:
+    """With several workers, every reload (a change seen by `--watch`, or SIGHUP) is
+    checked once, in the supervisor: rebuild, load the new version (which fills the
+    compiled cache), and only if it is good tell the workers to reload. A worker started
+    later, to replace one that died, loads that last good manifest too, so a broken file
+    left on disk cannot stop replacements."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        supervisor: Supervisor,
+        running: dict[str, wasmtime.Module],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.supervisor = supervisor
+        self.modules = dict(running)
+        self._lock = threading.Lock()  # one reload at a time
+
+    def reload(self, reason: str, rebuilt: Sequence[str] = ()) -> bool:
+        """Load the new version; if it is good, have the workers switch to it."""
+        with self._lock:
+            try:
+                manifest, loaded = _load_and_close(self.settings, self.engine, self.modules)
+            except Exception as error:  # whatever it is, the supervisor must go on
+                log.error(
+                    "reload failed (%s): %s; the workers keep the running version", reason, error
+                )
+                return False
+            self.modules = loaded
+            self.supervisor.args = (self.settings, manifest)
+            built = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
+            log.info("telling the workers to reload (%s)%s", reason, built)
+            self.supervisor.signal_workers(signal.SIGHUP)
+            return True
+
+    def on_signal(self, signum: int) -> None:
+        """SIGHUP: check and reload off the signal handler (loading may compile)."""
+        name = signal.Signals(signum).name
+        threading.Thread(target=self.reload, args=(name,), name="reload", daemon=True).start()
+
+    def watch(self) -> None:
+        """Watch the manifest and modules in a thread of their own."""
+        from .reload import Reloader  # watchfiles is only needed to watch
+
+        async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
+            return await asyncio.to_thread(self.reload, reason, rebuilt)
+
+        reloader = Reloader(self.settings, reload, lambda: set(self.modules))
+        threading.Thread(
+            target=asyncio.run, args=(reloader.run(),), name="watcher", daemon=True
+        ).start()
+
+
+def _worker_main(
+    number: int, sockets: list[socket.socket], settings: Settings, manifest: Manifest
 ) -> None:
-    """With several workers, changes are checked once, here: rebuild, load the new version
-    (which fills the compiled cache), and only if it is good tell the workers to reload."""
-    from .reload import Reloader  # watchfiles is only needed to watch
-
-    modules = dict(running)
-
-    async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
-        try:
-            _, loaded = await asyncio.to_thread(_load_and_close, settings, engine, modules)
-            modules.clear()
-            modules.update(loaded)
-        except Exception as error:  # whatever it is, the watcher must go on watching
-            log.error("reload failed (%s): %s; the workers keep the running version", reason, error)
-            return False
-        built = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
-        log.info("telling the workers to reload (%s)%s", reason, built)
-        supervisor.signal_workers(signal.SIGHUP)
-        return True
-
-    reloader = Reloader(settings, reload, lambda: set(modules))
-    threading.Thread(
-        target=asyncio.run, args=(reloader.run(),), name="watcher", daemon=True
-    ).start()
-
-
-def _worker_main(number: int, sockets: list[socket.socket], settings: Settings) -> None:
     setup_logging(settings.log_level, f"worker {number}", settings.log_format)
     _stop_with_parent()
     try:
-        _serve_in_process(settings, sockets)
+        _serve_in_process(settings, sockets, manifest)
     except (ConfigError, ManifestError, LoadError) as error:
         log.error("%s", error)
         raise SystemExit(1) from None
@@ -324,6 +358,8 @@ class Supervisor:
         self.quick_deaths = 0
         self.stopping = False
         self.failed = False
+        # What SIGHUP does; by default, it is passed on to every worker.
+        self.on_reload: Callable[[int], None] = self.signal_workers
 
     def run(self) -> None:
         """Run the workers until a signal stops them all."""
@@ -387,8 +423,7 @@ class Supervisor:
         self._start(number)
 
     def _forward(self, signum: int, _frame: object) -> None:
-        log.info("telling the workers to reload (%s)", signal.Signals(signum).name)
-        self.signal_workers(signum)
+        self.on_reload(signum)
 
     def signal_workers(self, signum: int) -> None:
         """Send a signal to every running worker."""

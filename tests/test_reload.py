@@ -12,7 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, Server, cgi_guest, get, run_wagi, spin_toml, wait_for_log, wait_until
+from conftest import (
+    ROOT,
+    Server,
+    cgi_guest,
+    get,
+    run_wagi,
+    spin_toml,
+    wait_for_log,
+    wait_until,
+    workers_of,
+)
 from gateway.build import is_up_to_date, watches
 from gateway.manifest import Build, load_manifest
 
@@ -253,6 +263,28 @@ def test_workers_reload_together(serve, app):
     wait_for_log(server, "reloaded to version 2", count=2)  # both workers
     assert "telling the workers to reload" in server.log()
     assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
+
+
+def test_a_worker_replaced_after_a_failed_reload_serves_the_last_good_version(serve, app):
+    # The replacement used to read the broken file, exit, and after three tries the
+    # supervisor stopped every worker.
+    server = serve("-c", str(app / "spin.toml"), "--workers", "2")
+    wait_for_log(server, "wagi: ready", count=2)
+    (app / "one.wat").write_text(says("one v2"))
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_log(server, "reloaded to version 2", count=2)
+    write(app / "spin.toml", spin_toml({"/one": "one"}) + "[[[\n")
+    server.process.send_signal(signal.SIGHUP)
+    line = wait_for_log(server, "reload failed (SIGHUP)").splitlines()[-1]
+    assert "the workers keep the running version" in line
+    assert "reloaded to version 3" not in server.log()  # the workers were not told
+
+    os.kill(workers_of(server)[0], signal.SIGKILL)
+    wait_for_log(server, "wagi: ready", count=3)  # the replacement
+    assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
+    assert get(server, "/two").text == "two v1"  # the route the broken file dropped
+    assert server.process.poll() is None
+    assert "keep exiting" not in server.log()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
