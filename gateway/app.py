@@ -182,6 +182,7 @@ class Gateway:
         """Make `loaded` the version new requests use; the old one retires."""
         loaded.version = self.version + 1
         old, self.loaded = self.loaded, loaded
+        self.executor.reserve(loaded.most_guests())  # no guest waits for a thread
         self.metrics.loaded(loaded)
         if old is not None:
             self.metrics.retired(old, loaded)

@@ -12,6 +12,11 @@ Epoch deadlines cannot interrupt a guest inside a host call. The only WASI call 
 can block for long is `poll_oneoff` (sleeping), so a module that imports it always runs
 on a worker thread. Its sleeps end by the request's deadline (`wasi`), so the thread is
 free again then; the event loop answers at the deadline either way.
+
+A guest holds its thread while it sleeps, so a fixed number of threads would let a few
+sleeping components starve every other one: their guests would wait for a thread until
+their own deadline. So the threads grow, one at a time when none is idle, up to as many
+guests as admission lets run at once (`reserve`); the ones made stay for later bursts.
 """
 
 from __future__ import annotations
@@ -49,12 +54,42 @@ class Executor:
         self.ticker = engine.ticker
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._worker, name=f"guest-{n}", daemon=True)
-            for n in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        self._most_threads = threads
+        # Threads free for another call: waiting, or about to once they hand in an
+        # outcome. A call handed off takes one at once, so two calls in a row cannot
+        # both count on the same thread.
+        self._idle = 0
+        self._waiting = 0  # calls queued with no thread free for them
+        self._idle_lock = threading.Lock()
+        for _ in range(threads):
+            self._add_thread()
+            self._idle += 1
+
+    def reserve(self, guests: int) -> None:
+        """Let the threads grow to `guests`: as many as may run at once."""
+        self._most_threads = max(self._most_threads, guests)
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._worker, name=f"guest-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _hand_off(self, item: tuple) -> None:
+        """Queue a call for a worker thread, adding one if none is free."""
+        with self._idle_lock:
+            add = False
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._most_threads:
+                add = True  # a thread for this call
+            else:
+                self._waiting += 1  # for the first thread to come free
+        if add:
+            self._add_thread()
+        self._calls.put(item)
 
     async def run(
         self, pool: InstancePool, entrypoint: str, invocation: Invocation, limits: Limits
@@ -94,7 +129,7 @@ class Executor:
         elif self._first_slice(call):
             return call.finish()
         future = loop.create_future()
-        self._calls.put((call, loop, future, deadline, limits.request_timeout))
+        self._hand_off((call, loop, future, deadline, limits.request_timeout))
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
                 return await future
@@ -135,6 +170,11 @@ class Executor:
             # If the loop has closed, nobody is waiting for this answer any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
+            with self._idle_lock:
+                if self._waiting:
+                    self._waiting -= 1  # this thread takes one of them next
+                else:
+                    self._idle += 1
 
     def close(self) -> None:
         """Stop the threads; guests still running are dropped."""

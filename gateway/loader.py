@@ -131,6 +131,10 @@ class LoadedApp:
         """The routes whose entrypoint cannot run: they answer 500."""
         return [route.target for route in self.routes.routes if route.target.problem]
 
+    def most_guests(self) -> int:
+        """How many guests admission lets run at once, over all components."""
+        return sum(c.limits.max_concurrency for c in self.components.values())
+
     def modules(self) -> dict[str, wasmtime.Module]:
         """This version's compiled modules, by digest, for the next version to reuse."""
         return {c.module.digest: c.module.module for c in self.components.values()}

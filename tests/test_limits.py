@@ -225,6 +225,28 @@ def test_guests_asleep_at_their_deadline_give_their_threads_back(serve, tmp_path
     assert (nap.status_code, nap.text) == (200, "rested")
 
 
+def test_sleeping_guests_cannot_starve_other_components_of_threads(serve, tmp_path):
+    # As many sleepers as the gateway starts worker threads with: the nap needs one more.
+    # It used to wait for a thread until its own deadline, and got a 504 for it.
+    sleepers = Settings(manifest=tmp_path).guest_threads
+    (tmp_path / "long.wat").write_text(sleeper(60))
+    (tmp_path / "nap.wat").write_text(sleeper(0.01, b"rested"))
+    (tmp_path / "modules.toml").write_text(
+        f'[[module]]\nroute = "/long"\nmodule = "long.wat"\nmax_concurrency = {sleepers}\n'
+        'request_timeout = "4s"\n\n'
+        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nrequest_timeout = "2s"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    with concurrent.futures.ThreadPoolExecutor(sleepers) as threads:
+        asleep = [threads.submit(httpx.get, f"{server.url}/long", timeout=30)
+                  for _ in range(sleepers)]  # fmt: skip
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == sleepers, "asleep")
+        nap = httpx.get(f"{server.url}/nap", timeout=30)
+        assert (nap.status_code, nap.text) == (200, "rested")
+        assert scrape(server, "wagi_requests_in_flight") == sleepers  # still asleep
+        assert [future.result().status_code for future in asleep] == [504] * sleepers
+
+
 def test_a_burst_of_quick_requests_queues_rather_than_being_refused(serve, tmp_path):
     (tmp_path / "nap.wat").write_text(sleeper(0.02, b"rested"))
     (tmp_path / "modules.toml").write_text(
