@@ -674,13 +674,13 @@ class RequestHead(NamedTuple):
                 if _REQUEST_ID.match(text):
                     request_id = text
         request_id = request_id or os.urandom(8).hex()
-        host_ok = _HOST.match(host) is not None
+        host_ok = (match := _HOST.match(host)) is not None and int(match[1] or 0) <= 65535
         conflicting = has_length and has_coding
         return cls(request_id, size, body_length, may_have_body, host_ok, conflicting)
 
 
 # RFC 3986's host (a name, IPv4, or [IPv6]) with an optional port.
-_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?$")
+_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::([0-9]{0,5}))?$")
 
 
 def _origin_form(scope: Scope) -> Scope:

@@ -75,6 +75,12 @@ def parse_env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not _ENV_NAME.match(name):
         raise ConfigError(f"expected NAME=VALUE, got {text!r}")
+    if "\x00" in value:
+        raise ConfigError(f"{name}: a value must not hold a NUL character")
+    try:
+        value.encode("utf-8")  # an argument's bytes that are not UTF-8 come as surrogates
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name}: the value is not UTF-8 text") from None
     return name, value
 
 

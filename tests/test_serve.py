@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -499,8 +500,11 @@ def test_a_bad_manifest_exits_non_zero_with_one_clear_line(tmp_path, manifest, m
 
 
 def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
+    (tmp_path / "nul.env").write_text("A=x\0y\n")
     for args, text in (
         (["-e", "no-equals"], "expected NAME=VALUE"),
+        (["-e", os.fsdecode(b"A=\xff")], "A: the value is not UTF-8 text"),
+        (["--env-file", str(tmp_path / "nul.env")], "A: a value must not hold a NUL"),
         (["-l", "nowhere"], "expected HOST:PORT"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
         (["--env-file", str(tmp_path / "none.env")], "cannot read env file"),
