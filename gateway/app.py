@@ -272,16 +272,18 @@ class Gateway:
             if head.size > MAX_HEAD_SIZE:
                 # hypercorn limits only heads that arrive in pieces; this catches the rest.
                 self.metrics.limit("", "head")
-                await _respond(send, request_id, 431, f"more than {MAX_HEAD_SIZE} bytes")
+                detail = f"more than {MAX_HEAD_SIZE} bytes"
+                await self._turn_away(send, scope, head, 431, detail)
                 return
             if not head.host_ok:
-                await _respond(send, request_id, 400, "the Host header is not a host[:port]")
+                detail = "the Host header is not a host[:port]"
+                await self._turn_away(send, scope, head, 400, detail)
                 return
             if head.conflicting_lengths:
                 # RFC 9112 6.3: a likely request-smuggling attempt (nginx refuses it too).
                 # The connection's framing is in doubt, so it closes after the answer.
                 detail = "both Content-Length and Transfer-Encoding"
-                await _respond(send, request_id, 400, detail, close=True)
+                await self._turn_away(send, scope, head, 400, detail, close=True)
                 return
             await self._handle(scope, receive, send, head)
         except asyncio.CancelledError:
@@ -316,7 +318,7 @@ class Gateway:
             return
         loaded = self.loaded
         if loaded is None:
-            await _respond(send, request_id, 503, "the app is still loading", retry=True)
+            await self._turn_away(send, scope, head, 503, "the app is still loading", retry=True)
             return
         if path == INFO_PATH:
             await _respond_json(send, request_id, _info(loaded))
@@ -344,17 +346,34 @@ class Gateway:
         try:
             request_path = RequestPath.parse(raw_path.decode("latin-1"), query)
         except BadPath as error:
-            await _respond(send, request_id, 400, str(error))
+            await self._turn_away(send, scope, head, 400, str(error))
             return
         match = loaded.routes.match(request_path)
         if match is None:
-            await _respond(send, request_id, 404)
+            await self._turn_away(send, scope, head, 404)
             return
         handler = match.route.target
         status, sent, guest = await self._serve_route(
             scope, receive, send, head, request_path, match, handler
         )
         self._record(request_id, scope, handler, status, sent, started, guest)
+
+    async def _turn_away(
+        self,
+        send: Send,
+        scope: Scope,
+        head: RequestHead,
+        status: int,
+        detail: str = "",
+        retry: bool = False,
+        close: bool = False,
+    ) -> None:
+        """Answer a request no guest will see, with an access-log line as for the rest."""
+        started = time.perf_counter()
+        await _respond(send, head.request_id, status, detail, retry, close)
+        if access_log.isEnabledFor(logging.INFO):
+            seconds = time.perf_counter() - started
+            _access_line(head.request_id, scope, "-", "", status, 0, seconds, 0.0)
 
     def _record(
         self,
@@ -371,31 +390,7 @@ class Gateway:
         component, route = handler.component.id, handler.pattern.text
         self.metrics.request(component, route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            method, path = scope["method"], scope["path"]
-            access_log.info(
-                "%s %s %s %d %dB %s %.1fms (guest %.1fms)",
-                request_id,
-                method,
-                path,
-                status,
-                sent,
-                component,
-                seconds * 1000,
-                guest * 1000,
-                extra={
-                    "fields": {
-                        "request_id": request_id,
-                        "method": method,
-                        "path": path,
-                        "component": component,
-                        "route": route,
-                        "status": status,
-                        "bytes": sent,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "guest_ms": round(guest * 1000, 3),
-                    }
-                },
-            )
+            _access_line(request_id, scope, component, route, status, sent, seconds, guest)
 
     async def _serve_route(
         self,
@@ -515,6 +510,44 @@ class Gateway:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return response.status, len(body)
+
+
+def _access_line(
+    request_id: str,
+    scope: Scope,
+    component: str,
+    route: str,
+    status: int,
+    sent: int,
+    seconds: float,
+    guest: float,
+) -> None:
+    """The access log's line for one request."""
+    method, path = scope["method"], scope["path"]
+    access_log.info(
+        "%s %s %s %d %dB %s %.1fms (guest %.1fms)",
+        request_id,
+        method,
+        path,
+        status,
+        sent,
+        component,
+        seconds * 1000,
+        guest * 1000,
+        extra={
+            "fields": {
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "component": component,
+                "route": route,
+                "status": status,
+                "bytes": sent,
+                "duration_ms": round(seconds * 1000, 3),
+                "guest_ms": round(guest * 1000, 3),
+            }
+        },
+    )
 
 
 def _log_answer(level: int, request_id: str, status: int, handler: Handler, reason: str) -> None:

@@ -124,6 +124,18 @@ def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
     assert re.search(rf"{request_id} GET /hi 200 3B hi [\d.]+ms \(guest [\d.]+ms\)$", line)
 
 
+@pytest.mark.parametrize("path, status", [("/nowhere", 404), ("/hi/%2e%2e/x", 400)])
+def test_requests_the_gateway_turns_away_have_access_lines_too(serve, tmp_path, path, status):
+    server = serve("-c", str(app(tmp_path)))
+    response = httpx.get(f"{server.url}{path}", timeout=10)
+    assert response.status_code == status
+    request_id = response.headers["x-request-id"]
+    wait_for_log(server, f"{request_id} GET")
+    line = next(line for line in server.log().splitlines() if request_id in line)
+    assert "wagi.access" in line
+    assert re.search(rf"{request_id} GET \S+ {status} 0B - [\d.]+ms \(guest 0.0ms\)$", line)
+
+
 def test_the_text_format_gives_each_record_its_own_time_and_the_worker():
     formatter = TextFormatter("worker 2")
     lines = []
