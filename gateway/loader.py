@@ -369,7 +369,14 @@ def _declared_routes(parent: Handler) -> list[Handler]:
         raise LoadError(f"{name}: {error}", parent.origin) from None
     if not outcome.ok:
         raise LoadError(f"{name}: `_routes` failed: {outcome.error}", parent.origin)
-    lines = [line.strip() for line in outcome.stdout.decode("utf-8", "replace").splitlines()]
+    try:
+        text = outcome.stdout.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise LoadError(
+            f"{name}: `_routes` printed bytes that are not UTF-8 (at byte {error.start})",
+            parent.origin,
+        ) from None
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise LoadError(f"{name}: `_routes` printed no routes", parent.origin)

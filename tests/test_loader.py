@@ -54,6 +54,7 @@ def test_routes_are_joined_onto_the_parent_and_beat_it(tmp_path):
         (b"\n\n", False, "`_routes` printed no routes"),
         (b"", True, "`_routes` failed"),
         (b"nope a\n", False, "must start with `/`"),
+        (b"/caf\xe9 a\n", False, "printed bytes that are not UTF-8 (at byte 4)"),
     ],
 )
 def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, trap, message):
