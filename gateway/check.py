@@ -45,6 +45,8 @@ class Report:
 
     manifest: Manifest | None
     problems: list[Problem]
+    # Routes served, those that WAGI modules declare with `_routes` included.
+    routes: int = 0
 
     @property
     def errors(self) -> list[Problem]:
@@ -74,9 +76,11 @@ def check_app(path: Path, cache_dir: Path | None) -> Report:
     programs, module_problems = _programs(manifest, engine, loaded)
     problems += module_problems
     problems += _entrypoint_problems(manifest, programs)
+    routes = len(manifest.triggers)
     if not any(not problem.warning for problem in problems):
-        problems += _full_load(manifest, engine, loaded)
-    return Report(manifest, problems)
+        load_problems, routes = _full_load(manifest, engine, loaded)
+        problems += load_problems
+    return Report(manifest, problems, routes)
 
 
 def _key_message(error: ManifestError) -> str:
@@ -301,13 +305,13 @@ def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> s
 
 def _full_load(
     manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
-) -> list[Problem]:
+) -> tuple[list[Problem], int]:
     """Load the app as `serve` does, for what only a real load finds (`_routes`, sizes);
     if that finds a problem, load each component alone too, since a load stops at its
-    first: every component's problem is reported."""
-    together = _load_problems(manifest, engine, modules)
+    first: every component's problem is reported. Also returns the routes served."""
+    together, routes = _load_problems(manifest, engine, modules)
     if not together or len(manifest.components) == 1:
-        return together
+        return together, routes
     alone = []
     for component in manifest.components.values():
         one = dataclasses.replace(
@@ -315,21 +319,22 @@ def _full_load(
             components={component.id: component},
             triggers=tuple(t for t in manifest.triggers if t.component == component.id),
         )
-        alone += _load_problems(one, engine, modules)
-    return alone or together  # none alone: routes that `_routes` declared clash
+        alone += _load_problems(one, engine, modules)[0]
+    return alone or together, routes  # none alone: routes that `_routes` declared clash
 
 
 def _load_problems(
     manifest: Manifest, engine: Engine, modules: dict[str, wasmtime.Module]
-) -> list[Problem]:
+) -> tuple[list[Problem], int]:
+    """What loading the app finds, and how many routes it serves (0 if it fails)."""
     try:
         # One instance per component shows whether it instantiates; more would be waste.
         settings = Settings(manifest=manifest.path, pool_size=1)
         loaded = load_app(manifest, settings, engine, modules)
     except ManifestError as error:
-        return [Problem(error.origin, _key_message(error))]
+        return [Problem(error.origin, _key_message(error))], 0
     except LoadError as error:
-        return [Problem(error.origin, error.message)]
+        return [Problem(error.origin, error.message)], 0
     try:
         # The manifest's own routes passed `_entrypoint_problems`: these were declared
         # by `_routes`.
@@ -342,6 +347,6 @@ def _load_problems(
                 "make `_routes` print an entrypoint the module exports",
             )
             for handler in loaded.broken_routes()
-        ]
+        ], len(loaded.routes.routes)
     finally:
         loaded.close()

@@ -453,7 +453,7 @@ def _check(args: argparse.Namespace) -> int:
     manifest = report.manifest
     modules = len(manifest.modules)
     print(
-        f"{where}: ok: {_count(len(manifest.triggers), 'route')}, "
+        f"{where}: ok: {_count(report.routes, 'route')}, "
         f"{_count(len(manifest.components), 'component')}, {_count(modules, 'module')}"
         f"{warnings}"
     )

@@ -182,6 +182,17 @@ def test_sub_routes_declared_by_routes_are_checked(tmp_path):
     )
 
 
+def test_the_summary_counts_the_routes_declared_by_routes(tmp_path):
+    (tmp_path / "routes.wat").write_text(routes_guest(b"/one a\n/two a\n"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/app/..."\nmodule = "routes.wat"\n'
+    )
+    # /app/one and /app/two, besides /app/... itself
+    assert check(tmp_path / "modules.toml") == (
+        0, ["modules.toml: ok: 3 routes, 1 component, 1 module"]
+    )  # fmt: skip
+
+
 def test_a_routes_export_that_never_returns_is_stopped(tmp_path):
     spin = '(module (memory (export "memory") 1) (func (export "_start"))'
     (tmp_path / "loop.wat").write_text(spin + ' (func (export "_routes") (loop $l (br $l))))')
