@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import copy
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -85,10 +86,12 @@ def serve(settings: Settings) -> None:
     # shows here, and every module lands in the compiled cache, so no worker compiles.
     engine = Engine(settings.cache_dir, settings.engine)
     manifest, modules = _load_and_close(settings, engine)
-    sockets = worker_sockets(hypercorn_config(settings), settings.workers)
+    config = hypercorn_config(settings)
+    sockets = worker_sockets(config, settings.workers)
     _announce(settings, manifest, sockets[0])
     _share_metrics_between_workers()
     supervisor = Supervisor(_worker_main, sockets, (settings, manifest))
+    supervisor.reopen = functools.partial(reuse_port_socket, config, _address(sockets[0][0]))
     reloads = WorkerReloads(settings, engine, supervisor, modules)
     supervisor.on_reload = reloads.on_signal
     if settings.watch:
@@ -121,21 +124,29 @@ def worker_sockets(config: hypercorn.config.Config, count: int) -> list[list[soc
     # process with SO_REUSEPORT (which would otherwise silently share our port).
     with listening_sockets(config)[0] as probe:
         address = _address(probe)  # the port the system chose, for `HOST:0`
-    shared = copy.copy(config)
-    shared.bind = [address]
-    shared.workers = count  # hypercorn then makes its sockets with SO_REUSEPORT
-    sockets: list[socket.socket] = []
+    sockets: list[list[socket.socket]] = []
     try:
         for _ in range(count):
-            sockets += listening_sockets(shared)  # a ConfigError if taken meanwhile
-            sockets[-1].listen(config.backlog)  # connections wait here while its worker starts
-    except (ConfigError, OSError) as error:
+            sockets.append(reuse_port_socket(config, address))
+    except ConfigError:
         for sock in sockets:
-            sock.close()
-        if isinstance(error, ConfigError):
-            raise
+            sock[0].close()
+        raise
+    return sockets
+
+
+def reuse_port_socket(config: hypercorn.config.Config, address: str) -> list[socket.socket]:
+    """One more listening socket on `address` (already ours) with SO_REUSEPORT."""
+    shared = copy.copy(config)
+    shared.bind = [address]
+    shared.workers = 2  # hypercorn then makes its sockets with SO_REUSEPORT
+    sockets = listening_sockets(shared)  # a ConfigError if taken meanwhile
+    try:
+        sockets[0].listen(config.backlog)  # connections wait here while its worker starts
+    except OSError as error:
+        sockets[0].close()
         raise ConfigError(f"cannot listen on {address}: {error.strerror or error}") from None
-    return [[sock] for sock in sockets]
+    return sockets
 
 
 def serve_on(
@@ -274,10 +285,12 @@ class WorkerReloads:
                 )
                 return False
             self.modules = loaded
-            self.supervisor.args = (self.settings, manifest)
             built = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
             log.info("telling the workers to reload (%s)%s", reason, built)
-            self.supervisor.signal_workers(signal.SIGHUP)
+            with self.supervisor.args_lock:  # a worker starting now gets one or the other
+                self.supervisor.args = (self.settings, manifest)
+                self.supervisor.signal_workers(signal.SIGHUP)
+            self.supervisor.retry_now()  # a worker that could not start may now
             return True
 
     def on_signal(self, signum: int) -> None:
@@ -335,10 +348,12 @@ class Supervisor:
     (spawned) interpreter: one worker for each set of sockets.
     """
 
-    # A worker that dies this soon after starting, this many times in a row, is not
-    # started again: the problem will not go away by itself.
+    # A worker that dies this soon after starting, this many times in a row while no
+    # other worker serves, is not started again: the problem will not go away by itself.
+    # While others serve, it is tried again later, ever less often.
     QUICK_DEATH = 5.0
     GIVE_UP_AFTER = 3
+    RETRY_FIRST, RETRY_MOST = 1.0, 60.0
 
     def __init__(
         self,
@@ -360,6 +375,12 @@ class Supervisor:
         self.failed = False
         # What SIGHUP does; by default, it is passed on to every worker.
         self.on_reload: Callable[[int], None] = self.signal_workers
+        # Makes a fresh socket for a worker whose own was closed while it could not start.
+        self.reopen: Callable[[], list[socket.socket]] | None = None
+        self.retries: dict[int, tuple[float, float]] = {}  # number: (when, delay so far)
+        # Held while a worker is made from `args`, and while `args` changes and workers
+        # are told to reload: a worker starting meanwhile gets the new args or the signal.
+        self.args_lock = threading.Lock()
 
     def run(self) -> None:
         """Run the workers until a signal stops them all."""
@@ -370,33 +391,35 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._forward)
         for number in range(1, self.count + 1):
             self._start(number)
-        while self.workers:
+        while self.workers or (self.retries and not self.stopping):
             finished = wait([w.sentinel for w in self.workers.values()], timeout=1.0)
             for number, worker in list(self.workers.items()):
                 if worker.sentinel in finished:
                     self._reap(number, worker)
+            self._retry_due()
 
     def _start(self, number: int) -> None:
         if self.stopping:  # told to stop while starting the workers: its socket is closed
             return
-        worker = self.context.Process(
-            target=self.target,
-            args=(number, self.sockets[number - 1], *self.args),
-            name=f"wagi-worker-{number}",
-        )
-        # The worker inherits SIGHUP blocked: a reload sent while it starts waits until
-        # it can reload (`Gateway.until_stopped`), instead of killing it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-        try:
-            worker.start()
-        except (OSError, ValueError):
-            if self.stopping:  # the stop closed the socket this worker was being given
-                return
-            raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        self.workers[number] = worker
-        self.started[number] = time.monotonic()
+        with self.args_lock:
+            worker = self.context.Process(
+                target=self.target,
+                args=(number, self.sockets[number - 1], *self.args),
+                name=f"wagi-worker-{number}",
+            )
+            # The worker inherits SIGHUP blocked: a reload sent while it starts waits
+            # until it can reload (`Gateway.until_stopped`), instead of killing it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+            try:
+                worker.start()
+            except (OSError, ValueError):
+                if self.stopping:  # the stop closed the socket this worker was being given
+                    return
+                raise
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            self.workers[number] = worker
+            self.started[number] = time.monotonic()
 
     def _reap(self, number: int, worker: multiprocessing.Process) -> None:
         worker.join()
@@ -408,7 +431,15 @@ class Supervisor:
         if self.stopping:
             return
         lived = time.monotonic() - self.started[number]
-        self.quick_deaths = self.quick_deaths + 1 if lived < self.QUICK_DEATH else 0
+        if lived >= self.QUICK_DEATH:
+            self.quick_deaths = 0
+            self.retries.pop(number, None)
+            self._restart(number, worker.exitcode)  # at once: connections are waiting
+            return
+        if self._serving():
+            self._retry_later(number, worker.exitcode)
+            return
+        self.quick_deaths += 1
         if self.quick_deaths >= self.GIVE_UP_AFTER:
             log.error(
                 "workers keep exiting as they start (last status %s); stopping", worker.exitcode
@@ -416,11 +447,57 @@ class Supervisor:
             self.failed = True
             self._stop(signal.SIGTERM, None)
             return
-        log.error("worker %d exited with status %s; starting a new one", number, worker.exitcode)
-        if self.quick_deaths:
-            time.sleep(0.5)  # do not spin if workers die at start
-        # Else at once: connections are waiting on its socket.
+        time.sleep(0.5)  # do not spin if workers die at start
+        self._restart(number, worker.exitcode)
+
+    def _restart(self, number: int, status: int | None) -> None:
+        log.error("worker %d exited with status %s; starting a new one", number, status)
         self._start(number)
+
+    def _serving(self) -> bool:
+        """Whether some worker has been up long enough to be serving."""
+        now = time.monotonic()
+        return any(
+            worker.is_alive() and now - self.started[number] >= self.QUICK_DEATH
+            for number, worker in self.workers.items()
+        )
+
+    def _retry_later(self, number: int, status: int | None) -> None:
+        """A worker could not start while others serve: they take its connections (its
+        socket is closed, if it can be made again) until a later try succeeds."""
+        delay = min(self.retries.get(number, (0.0, self.RETRY_FIRST / 2))[1] * 2, self.RETRY_MOST)
+        self.retries[number] = (time.monotonic() + delay, delay)
+        if self.reopen is not None:
+            for sock in self.sockets[number - 1]:
+                sock.close()  # its waiting connections are reset; new ones go elsewhere
+        log.error(
+            "worker %d could not start (status %s); the other workers serve; "
+            "trying again in %.0f s",
+            number,
+            status,
+            delay,
+        )
+
+    def retry_now(self) -> None:
+        """Try again at once to start the workers that could not start."""
+        for number, (_when, delay) in list(self.retries.items()):
+            if number not in self.workers:
+                self.retries[number] = (0.0, delay)
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for number, (when, delay) in list(self.retries.items()):
+            if when > now or self.stopping:
+                continue
+            if self.reopen is not None and self.sockets[number - 1][0].fileno() == -1:
+                try:
+                    self.sockets[number - 1] = self.reopen()
+                except ConfigError as error:
+                    log.error("worker %d: %s", number, error)
+                    self._retry_later(number, None)
+                    continue
+            self.retries[number] = (float("inf"), delay)  # until it dies again, or lives
+            self._start(number)
 
     def _forward(self, signum: int, _frame: object) -> None:
         self.on_reload(signum)

@@ -25,6 +25,7 @@ from conftest import (
 )
 from gateway.build import is_up_to_date, watches
 from gateway.manifest import Build, load_manifest
+from gateway.server import Supervisor
 
 
 def says(text: str) -> str:
@@ -284,6 +285,28 @@ def test_a_worker_replaced_after_a_failed_reload_serves_the_last_good_version(se
     assert {get(server, "/one").text for _ in range(20)} == {"one v2"}
     assert get(server, "/two").text == "two v1"  # the route the broken file dropped
     assert server.process.poll() is None
+    assert "keep exiting" not in server.log()
+
+
+def test_a_worker_that_cannot_start_while_others_serve_is_retried_not_fatal(serve, app):
+    # A broken module on disk: the manifest the replacement gets is good, its module not.
+    server = serve("-c", str(app / "spin.toml"), "--workers", "2")
+    wait_for_log(server, "wagi: ready", count=2)
+    time.sleep(Supervisor.QUICK_DEATH)  # the survivor has served for a while
+    (app / "one.wat").write_text("(module (func")
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_log(server, "reload failed (SIGHUP)")
+
+    os.kill(workers_of(server)[0], signal.SIGKILL)
+    wait_for_log(server, "could not start (status 1); the other workers serve")
+    # Its socket is closed meanwhile: every connection goes to the worker that serves.
+    assert {get(server, "/one").text for _ in range(20)} == {"one v1"}
+
+    (app / "one.wat").write_text(says("one v2"))
+    server.process.send_signal(signal.SIGHUP)  # a good reload: the worker is tried again
+    wait_for_log(server, "wagi: ready", count=3)
+    wait_until(lambda: {get(server, "/one").text for _ in range(20)} == {"one v2"}, "both on v2")
+    assert len(workers_of(server)) == 2
     assert "keep exiting" not in server.log()
 
 
