@@ -182,7 +182,9 @@ class Gateway:
         """Make `loaded` the version new requests use; the old one retires."""
         loaded.version = self.version + 1
         old, self.loaded = self.loaded, loaded
-        self.executor.reserve(loaded.most_guests())  # no guest waits for a thread
+        # No guest waits for a thread, even while the old version's are still running.
+        in_flight = old.most_guests() if old is not None else 0
+        self.executor.reserve(loaded.most_guests() + in_flight)
         self.metrics.loaded(loaded)
         if old is not None:
             self.metrics.retired(old, loaded)
@@ -291,7 +293,7 @@ class Gateway:
                 raise  # the client went away, or hypercorn is stopping
             task.uncancel()
             with contextlib.suppress(Exception):  # unless a response already started
-                await _respond(send, request_id, 503, "the gateway stopped", close=True)
+                await self._turn_away(send, scope, head, 503, "the gateway stopped", close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
@@ -373,7 +375,8 @@ class Gateway:
         await _respond(send, head.request_id, status, detail, retry, close)
         if access_log.isEnabledFor(logging.INFO):
             seconds = time.perf_counter() - started
-            _access_line(head.request_id, scope, "-", "", status, 0, seconds, 0.0)
+            sent = len(_plain_body(status, detail))
+            _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
 
     def _record(
         self,
@@ -751,6 +754,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+def _plain_body(status: int, detail: str) -> bytes:
+    """The body of the gateway's own answers: the status's reason, then the detail."""
+    reason = REASONS.get(status) or HTTPStatus(status).phrase
+    text = reason + (f": {detail}" if detail and status != 200 else "")
+    return (detail if status == 200 else text).encode() + b"\n"
+
+
 async def _respond(
     send: Send,
     request_id: str,
@@ -760,9 +770,7 @@ async def _respond(
     close: bool = False,
 ) -> int:
     """A short plain-text answer: the status's reason, then the detail if any."""
-    reason = REASONS.get(status) or HTTPStatus(status).phrase
-    text = reason + (f": {detail}" if detail and status != 200 else "")
-    body = (detail if status == 200 else text).encode() + b"\n"
+    body = _plain_body(status, detail)
     extra = [(b"retry-after", b"1")] if retry else []
     if close:
         extra.append((b"connection", b"close"))  # hypercorn (h11) closes after the answer

@@ -20,6 +20,7 @@ drop this module when hypercorn has both fixes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -33,7 +34,10 @@ from hypercorn.protocol.h2 import H2Protocol
 _METHOD = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Origin form of visible ASCII (no space, no control byte), or `*` for OPTIONS.
 _PATH = re.compile(rb"^(?:/[\x21-\x7e]*|\*)$")
-_BAD_REQUEST = [(b":status", b"400"), (b"content-length", b"0")]
+_BAD_BODY = b"Bad Request: the :method or :path is malformed\n"
+_BAD_REQUEST = [(b":status", b"400"), (b"content-type", b"text/plain; charset=utf-8")]
+_SHOWN = (b":method", b":path")
+log = logging.getLogger("wagi")
 
 _Handler = Callable[[H2Protocol, list[h2.events.Event]], Awaitable[None]]
 
@@ -74,7 +78,13 @@ def _passes(protocol: H2Protocol, event: h2.events.Event) -> bool:
     """Whether hypercorn may see `event`; if not, the stream is answered here."""
     connection = protocol.connection
     if isinstance(event, h2.events.RequestReceived) and not well_formed(event.headers):
-        connection.send_headers(event.stream_id, _BAD_REQUEST, end_stream=True)
+        shown = [(name, value) for name, value in event.headers if name in _SHOWN]
+        log.info("refused a malformed HTTP/2 request (400): %r", shown)
+        connection.send_headers(event.stream_id, _BAD_REQUEST)
+        try:
+            connection.send_data(event.stream_id, _BAD_BODY, end_stream=True)
+        except h2.exceptions.FlowControlError:  # the client allows no body yet: none, then
+            connection.end_stream(event.stream_id)
         _stop_sending(connection, event.stream_id)
         return False
     if isinstance(event, h2.events.DataReceived) and event.stream_id not in protocol.streams:

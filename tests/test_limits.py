@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import SPIN, Server, cgi_guest, run_wagi, scrape, sleeper, spin_toml, wait_until
+from conftest import (
+    SPIN,
+    Server,
+    cgi_guest,
+    run_wagi,
+    scrape,
+    sleeper,
+    spin_toml,
+    wait_for_log,
+    wait_until,
+)
 from gateway.admission import QUEUE_PER_SLOT
 from gateway.config import Settings
 
@@ -245,6 +256,34 @@ def test_sleeping_guests_cannot_starve_other_components_of_threads(serve, tmp_pa
         assert (nap.status_code, nap.text) == (200, "rested")
         assert scrape(server, "wagi_requests_in_flight") == sleepers  # still asleep
         assert [future.result().status_code for future in asleep] == [504] * sleepers
+
+
+def test_nor_can_sleepers_of_an_old_and_a_new_version_together(serve, tmp_path):
+    # After a reload, the old version's guests still hold threads beside the new one's.
+    sleepers = Settings(manifest=tmp_path).guest_threads
+    (tmp_path / "long.wat").write_text(sleeper(60))
+    (tmp_path / "nap.wat").write_text(sleeper(0.01, b"rested"))
+    (tmp_path / "modules.toml").write_text(
+        f'[[module]]\nroute = "/long"\nmodule = "long.wat"\nmax_concurrency = {sleepers}\n'
+        'request_timeout = "6s"\n\n'
+        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nrequest_timeout = "2s"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    with concurrent.futures.ThreadPoolExecutor(2 * sleepers) as threads:
+
+        def fall_asleep(count: int) -> list[concurrent.futures.Future]:
+            return [threads.submit(httpx.get, f"{server.url}/long", timeout=30)
+                    for _ in range(count)]  # fmt: skip
+
+        asleep = fall_asleep(sleepers)
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == sleepers, "asleep")
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, "reloaded to version 2")
+        asleep += fall_asleep(sleepers)  # as many again, on the new version
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 2 * sleepers, "all")
+        nap = httpx.get(f"{server.url}/nap", timeout=30)
+        assert (nap.status_code, nap.text) == (200, "rested")
+        assert [future.result().status_code for future in asleep] == [504] * 2 * sleepers
 
 
 def test_a_burst_of_quick_requests_queues_rather_than_being_refused(serve, tmp_path):

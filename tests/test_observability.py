@@ -133,7 +133,8 @@ def test_requests_the_gateway_turns_away_have_access_lines_too(serve, tmp_path, 
     wait_for_log(server, f"{request_id} GET")
     line = next(line for line in server.log().splitlines() if request_id in line)
     assert "wagi.access" in line
-    assert re.search(rf"{request_id} GET \S+ {status} 0B - [\d.]+ms \(guest 0.0ms\)$", line)
+    sent = len(response.content)
+    assert re.search(rf"{request_id} GET \S+ {status} {sent}B - [\d.]+ms \(guest 0.0ms\)$", line)
 
 
 def test_the_text_format_gives_each_record_its_own_time_and_the_worker():

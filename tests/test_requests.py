@@ -199,6 +199,7 @@ def test_a_malformed_http2_request_is_400_and_its_connection_goes_on(target, met
     # hypercorn itself took such a request as it came; a byte outside ASCII ended the
     # whole connection with a traceback.
     assert http2_statuses(target, method, path) == {1: b"400", 3: b"200"}
+    assert "refused a malformed HTTP/2 request (400)" in target.log()
     assert "Traceback" not in target.log()
 
 
