@@ -601,14 +601,16 @@ def _info(loaded: LoadedApp) -> dict:
 
 async def _refuse_websocket(scope: Scope, send: Send) -> None:
     """WAGI modules answer plain HTTP requests: a WebSocket upgrade gets a 501."""
-    log.info("refused a WebSocket upgrade of %s: not supported (501)", scope["path"])
+    request_id = RequestHead.read(scope).request_id
+    log.info("%s: refused a WebSocket upgrade of %s (501)", request_id, scope["path"])
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close"})  # the server answers 403
         return
-    body = b"Not Implemented: WebSocket is not supported; WAGI modules answer HTTP requests\n"
+    body = _plain_body(501, "WebSocket is not supported; WAGI modules answer HTTP requests")
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
     ]
     await send({"type": "websocket.http.response.start", "status": 501, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})

@@ -250,7 +250,8 @@ def test_a_websocket_upgrade_is_501_with_a_reason(target):
                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")  # fmt: skip
     assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
     assert b"WebSocket is not supported" in answer
-    assert "refused a WebSocket upgrade of /env" in target.log()
+    assert b"x-request-id: " in answer
+    assert "refused a WebSocket upgrade of /env (501)" in target.log()
 
 
 def test_an_absolute_form_target_is_served_with_its_authority_as_host(target):
