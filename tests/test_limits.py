@@ -236,18 +236,25 @@ def test_guests_asleep_at_their_deadline_give_their_threads_back(serve, tmp_path
     assert (nap.status_code, nap.text) == (200, "rested")
 
 
-def test_sleeping_guests_cannot_starve_other_components_of_threads(serve, tmp_path):
-    # As many sleepers as the gateway starts worker threads with: the nap needs one more.
-    # It used to wait for a thread until its own deadline, and got a 504 for it.
+def sleepers_and_a_nap(tmp_path: Path, sleep_timeout: str) -> tuple[Path, int]:
+    """/long sleeps for a minute, as many at once as the gateway starts worker threads
+    with; /nap sleeps 10 ms, within 2 s. The manifest, and that many sleepers."""
     sleepers = Settings(manifest=tmp_path).guest_threads
     (tmp_path / "long.wat").write_text(sleeper(60))
     (tmp_path / "nap.wat").write_text(sleeper(0.01, b"rested"))
     (tmp_path / "modules.toml").write_text(
         f'[[module]]\nroute = "/long"\nmodule = "long.wat"\nmax_concurrency = {sleepers}\n'
-        'request_timeout = "4s"\n\n'
+        f'request_timeout = "{sleep_timeout}"\n\n'
         '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nrequest_timeout = "2s"\n'
     )
-    server = serve("-c", str(tmp_path / "modules.toml"))
+    return tmp_path / "modules.toml", sleepers
+
+
+def test_sleeping_guests_cannot_starve_other_components_of_threads(serve, tmp_path):
+    # The sleepers hold every thread the gateway starts with: the nap needs one more.
+    # It used to wait for a thread until its own deadline, and got a 504 for it.
+    manifest, sleepers = sleepers_and_a_nap(tmp_path, "4s")
+    server = serve("-c", str(manifest))
     with concurrent.futures.ThreadPoolExecutor(sleepers) as threads:
         asleep = [threads.submit(httpx.get, f"{server.url}/long", timeout=30)
                   for _ in range(sleepers)]  # fmt: skip
@@ -260,15 +267,8 @@ def test_sleeping_guests_cannot_starve_other_components_of_threads(serve, tmp_pa
 
 def test_nor_can_sleepers_of_an_old_and_a_new_version_together(serve, tmp_path):
     # After a reload, the old version's guests still hold threads beside the new one's.
-    sleepers = Settings(manifest=tmp_path).guest_threads
-    (tmp_path / "long.wat").write_text(sleeper(60))
-    (tmp_path / "nap.wat").write_text(sleeper(0.01, b"rested"))
-    (tmp_path / "modules.toml").write_text(
-        f'[[module]]\nroute = "/long"\nmodule = "long.wat"\nmax_concurrency = {sleepers}\n'
-        'request_timeout = "6s"\n\n'
-        '[[module]]\nroute = "/nap"\nmodule = "nap.wat"\nrequest_timeout = "2s"\n'
-    )
-    server = serve("-c", str(tmp_path / "modules.toml"))
+    manifest, sleepers = sleepers_and_a_nap(tmp_path, "6s")
+    server = serve("-c", str(manifest))
     with concurrent.futures.ThreadPoolExecutor(2 * sleepers) as threads:
 
         def fall_asleep(count: int) -> list[concurrent.futures.Future]:
