@@ -79,6 +79,10 @@ class Refused(Exception):
         self.retry = retry  # the client may try again soon (Retry-After)
 
 
+class GuestCutOff(Exception):
+    """The grace period ended while the request's guest ran: it may have done its work."""
+
+
 class Gateway:
     """The ASGI application object: the loaded app, its guests' executor, its state."""
 
@@ -291,9 +295,14 @@ class Gateway:
         except asyncio.CancelledError:
             if not self._grace_over:
                 raise  # the client went away, or hypercorn is stopping
-            task.uncancel()
+            task.uncancel()  # no guest ran for it: the client may safely try again
             with contextlib.suppress(Exception):  # unless a response already started
                 await self._turn_away(send, scope, head, 503, "the gateway stopped", close=True)
+        except GuestCutOff:
+            task.uncancel()
+            with contextlib.suppress(Exception):
+                detail = "the gateway stopped while the guest ran"
+                await self._turn_away(send, scope, head, 504, detail, close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
@@ -425,6 +434,10 @@ class Gateway:
                 self._invocation(scope, request_path, match, handler, body),
                 limits,
             )
+        except asyncio.CancelledError:
+            if self._grace_over:
+                raise GuestCutOff from None
+            raise
         finally:
             component.admission.leave()
         self.metrics.guest(component.id, outcome.seconds)

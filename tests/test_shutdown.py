@@ -112,8 +112,8 @@ def test_the_grace_period_bounds_the_wait(serve, tmp_path):
     waited = time.monotonic() - stopped
     assert 0.9 <= waited < 8, waited  # the 1 s grace for the request in flight, not 30 s
     response = in_flight[0].result()
-    assert response.status_code == 503  # it did not finish in time, and was told so
-    assert response.text == "Service Unavailable: the gateway stopped\n"
+    assert response.status_code == 504  # it did not finish in time, and was told so
+    assert response.text == "Gateway Timeout: the gateway stopped while the guest ran\n"
     assert "stopping 1 request in flight" in server.log()
     assert "Traceback" not in server.log()
     assert "panicked" not in server.log()
