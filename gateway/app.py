@@ -293,13 +293,16 @@ class Gateway:
                 return
             await self._handle(scope, receive, send, head)
         except asyncio.CancelledError:
-            if not self._grace_over:
-                raise  # the client went away, or hypercorn is stopping
-            task.uncancel()  # no guest ran for it: the client may safely try again
+            # Ours alone if the grace period is over and no other cancellation is pending
+            # (hypercorn's backstop, say): those must go on.
+            if not self._grace_over or task.uncancel() > 0:
+                raise
+            # No guest was cut off: the client may safely try again.
             with contextlib.suppress(Exception):  # unless a response already started
                 await self._turn_away(send, scope, head, 503, "the gateway stopped", close=True)
         except GuestCutOff:
-            task.uncancel()
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError from None
             with contextlib.suppress(Exception):
                 detail = "the gateway stopped while the guest ran"
                 await self._turn_away(send, scope, head, 504, detail, close=True)

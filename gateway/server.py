@@ -378,6 +378,7 @@ class Supervisor:
         # Makes a fresh socket for a worker whose own was closed while it could not start.
         self.reopen: Callable[[], list[socket.socket]] | None = None
         self.retries: dict[int, tuple[float, float]] = {}  # number: (when, delay so far)
+        self._retry_soon = threading.Event()  # set from a reload thread: retry now
         # Held while a worker is made from `args`, and while `args` changes and workers
         # are told to reload: a worker starting meanwhile gets the new args or the signal.
         self.args_lock = threading.Lock()
@@ -420,6 +421,8 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
             self.workers[number] = worker
             self.started[number] = time.monotonic()
+            if self.stopping:  # told to stop while it started: `_stop` did not see it
+                worker.terminate()
 
     def _reap(self, number: int, worker: multiprocessing.Process) -> None:
         worker.join()
@@ -479,15 +482,16 @@ class Supervisor:
         )
 
     def retry_now(self) -> None:
-        """Try again at once to start the workers that could not start."""
-        for number, (_when, delay) in list(self.retries.items()):
-            if number not in self.workers:
-                self.retries[number] = (0.0, delay)
+        """Try again soon (within a second) to start the workers that could not start."""
+        self._retry_soon.set()  # the main loop acts on it: `retries` is its alone
 
     def _retry_due(self) -> None:
         now = time.monotonic()
+        soon = self._retry_soon.is_set()
+        self._retry_soon.clear()
         for number, (when, delay) in list(self.retries.items()):
-            if when > now or self.stopping:
+            waiting = when != float("inf")  # not started again yet
+            if not waiting or (when > now and not soon) or self.stopping:
                 continue
             if self.reopen is not None and self.sockets[number - 1][0].fileno() == -1:
                 try:
@@ -495,6 +499,9 @@ class Supervisor:
                 except ConfigError as error:
                     log.error("worker %d: %s", number, error)
                     self._retry_later(number, None)
+                    continue
+                if self.stopping:  # told to stop meanwhile: `_stop` closed the others
+                    self.sockets[number - 1][0].close()
                     continue
             self.retries[number] = (float("inf"), delay)  # until it dies again, or lives
             self._start(number)
