@@ -292,20 +292,18 @@ class Gateway:
                 await self._turn_away(send, scope, head, 400, detail, close=True)
                 return
             await self._handle(scope, receive, send, head)
-        except asyncio.CancelledError:
-            # Ours alone if the grace period is over and no other cancellation is pending
-            # (hypercorn's backstop, say): those must go on.
-            if not self._grace_over or task.uncancel() > 0:
-                raise
-            # No guest was cut off: the client may safely try again.
-            with contextlib.suppress(Exception):  # unless a response already started
-                await self._turn_away(send, scope, head, 503, "the gateway stopped", close=True)
-        except GuestCutOff:
-            if task.uncancel() > 0:
+        except (asyncio.CancelledError, GuestCutOff) as stopped:
+            if not self._grace_over:
+                raise  # the client went away, or hypercorn is stopping
+            if task.uncancel() > 0:  # a cancellation besides ours (hypercorn's backstop)
                 raise asyncio.CancelledError from None
-            with contextlib.suppress(Exception):
-                detail = "the gateway stopped while the guest ran"
-                await self._turn_away(send, scope, head, 504, detail, close=True)
+            # A guest cut off may have done its work (504); else the client may safely
+            # try again (503).
+            cut_off = isinstance(stopped, GuestCutOff)
+            status = 504 if cut_off else 503
+            detail = "the gateway stopped" + (" while the guest ran" if cut_off else "")
+            with contextlib.suppress(Exception):  # unless a response already started
+                await self._turn_away(send, scope, head, status, detail, close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
