@@ -90,8 +90,8 @@ def serve(settings: Settings) -> None:
     sockets = worker_sockets(config, settings.workers)
     _announce(settings, manifest, sockets[0])
     _share_metrics_between_workers()
-    supervisor = Supervisor(_worker_main, sockets, (settings, manifest))
-    supervisor.reopen = functools.partial(reuse_port_socket, config, _address(sockets[0][0]))
+    reopen = functools.partial(reuse_port_socket, config, _address(sockets[0][0]))
+    supervisor = Supervisor(_worker_main, sockets, (settings, manifest), reopen)
     reloads = WorkerReloads(settings, engine, supervisor, modules)
     supervisor.on_reload = reloads.on_signal
     if settings.watch:
@@ -360,7 +360,10 @@ class Supervisor:
         target: Callable[..., None],
         sockets: list[list[socket.socket]],
         args: tuple = (),
+        reopen: Callable[[], list[socket.socket]] | None = None,
     ) -> None:
+        """`reopen()` makes a fresh socket for a worker whose own was closed while it
+        could not start; without it, its socket stays open and its connections wait."""
         import multiprocessing  # only with several workers: it is slow to import
 
         self.count = len(sockets)
@@ -375,9 +378,11 @@ class Supervisor:
         self.failed = False
         # What SIGHUP does; by default, it is passed on to every worker.
         self.on_reload: Callable[[int], None] = self.signal_workers
-        # Makes a fresh socket for a worker whose own was closed while it could not start.
-        self.reopen: Callable[[], list[socket.socket]] | None = None
-        self.retries: dict[int, tuple[float, float]] = {}  # number: (when, delay so far)
+        self.reopen = reopen
+        # Workers that could not start while others served: when to try each again, and
+        # the last wait of each (until one lives long enough).
+        self.retry_at: dict[int, float] = {}
+        self.retry_delay: dict[int, float] = {}
         self._retry_soon = threading.Event()  # set from a reload thread: retry now
         # Held while a worker is made from `args`, and while `args` changes and workers
         # are told to reload: a worker starting meanwhile gets the new args or the signal.
@@ -392,7 +397,7 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._forward)
         for number in range(1, self.count + 1):
             self._start(number)
-        while self.workers or (self.retries and not self.stopping):
+        while self.workers or (self.retry_at and not self.stopping):
             finished = wait([w.sentinel for w in self.workers.values()], timeout=1.0)
             for number, worker in list(self.workers.items()):
                 if worker.sentinel in finished:
@@ -436,7 +441,7 @@ class Supervisor:
         lived = time.monotonic() - self.started[number]
         if lived >= self.QUICK_DEATH:
             self.quick_deaths = 0
-            self.retries.pop(number, None)
+            self.retry_delay.pop(number, None)
             self._restart(number, worker.exitcode)  # at once: connections are waiting
             return
         if self._serving():
@@ -468,8 +473,10 @@ class Supervisor:
     def _retry_later(self, number: int, status: int | None) -> None:
         """A worker could not start while others serve: they take its connections (its
         socket is closed, if it can be made again) until a later try succeeds."""
-        delay = min(self.retries.get(number, (0.0, self.RETRY_FIRST / 2))[1] * 2, self.RETRY_MOST)
-        self.retries[number] = (time.monotonic() + delay, delay)
+        last = self.retry_delay.get(number)
+        delay = self.RETRY_FIRST if last is None else min(2 * last, self.RETRY_MOST)
+        self.retry_delay[number] = delay
+        self.retry_at[number] = time.monotonic() + delay
         if self.reopen is not None:
             for sock in self.sockets[number - 1]:
                 sock.close()  # its waiting connections are reset; new ones go elsewhere
@@ -483,15 +490,14 @@ class Supervisor:
 
     def retry_now(self) -> None:
         """Try again soon (within a second) to start the workers that could not start."""
-        self._retry_soon.set()  # the main loop acts on it: `retries` is its alone
+        self._retry_soon.set()  # the main loop acts on it: `retry_at` is its alone
 
     def _retry_due(self) -> None:
         now = time.monotonic()
         soon = self._retry_soon.is_set()
         self._retry_soon.clear()
-        for number, (when, delay) in list(self.retries.items()):
-            waiting = when != float("inf")  # not started again yet
-            if not waiting or (when > now and not soon) or self.stopping:
+        for number, when in list(self.retry_at.items()):
+            if (when > now and not soon) or self.stopping:
                 continue
             if self.reopen is not None and self.sockets[number - 1][0].fileno() == -1:
                 try:
@@ -503,7 +509,7 @@ class Supervisor:
                 if self.stopping:  # told to stop meanwhile: `_stop` closed the others
                     self.sockets[number - 1][0].close()
                     continue
-            self.retries[number] = (float("inf"), delay)  # until it dies again, or lives
+            del self.retry_at[number]
             self._start(number)
 
     def _forward(self, signum: int, _frame: object) -> None:
