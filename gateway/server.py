@@ -129,8 +129,8 @@ def worker_sockets(config: hypercorn.config.Config, count: int) -> list[list[soc
         for _ in range(count):
             sockets.append(reuse_port_socket(config, address))
     except ConfigError:
-        for sock in sockets:
-            sock[0].close()
+        for made in sockets:
+            made[0].close()
         raise
     return sockets
 
