@@ -62,9 +62,21 @@ class Request:
 class RouteConstants:
     """What the CGI variables say about a route, the same for every request to it."""
 
-    matched_route: str  # as written, e.g. `/env/...`
-    component_route: str  # without `/...`
+    matched_route: str  # as matched, the app's base included: `/shop/cart/...`
+    raw_component_route: str  # as the component wrote it, without the base: `/cart/...`
     base_path: str = "/"
+
+    @classmethod
+    def of(cls, matched_route: str, base_path: str = "/") -> RouteConstants:
+        """The constants of a route that has the app's base (Spin 1's `base`) in front."""
+        base = base_path.rstrip("/")
+        raw = matched_route[len(base) :] if matched_route.startswith(base) else matched_route
+        return cls(matched_route, raw or "/", base_path)
+
+    @property
+    def component_route(self) -> str:
+        """The component's route without its `/...`, as Spin trims it."""
+        return self.raw_component_route.removesuffix("/...")
 
 
 _LINE_BREAK_OR_NUL = re.compile(rb"[\r\n\x00]")
@@ -150,7 +162,7 @@ def fixed_environment(
             "REMOTE_USER": "",
             "X_MATCHED_ROUTE": route.matched_route,
             "X_COMPONENT_ROUTE": route.component_route,
-            "X_RAW_COMPONENT_ROUTE": route.matched_route,
+            "X_RAW_COMPONENT_ROUTE": route.raw_component_route,
             "X_BASE_PATH": route.base_path,
         }
     )

@@ -90,7 +90,7 @@ def make_handler(
     origin: str,
 ) -> Handler:
     """A handler, with the part of its environment that no request changes prepared."""
-    constants = cgi.RouteConstants(pattern.text, pattern.prefix, base_path)
+    constants = cgi.RouteConstants.of(pattern.text, base_path)
     fixed, optional = cgi.fixed_environment(constants, component.env)
     return Handler(
         component,

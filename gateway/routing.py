@@ -84,7 +84,7 @@ class RoutePattern:
 
     @property
     def prefix(self) -> str:
-        """The route without its `/...`: Spin's `X_COMPONENT_ROUTE`."""
+        """The route without its `/...`."""
         return self.text[: -len("/" + WILDCARD)] if self.wildcard else self.text
 
     @property

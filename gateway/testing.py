@@ -172,7 +172,7 @@ def cgi_environment(
         client=CLIENT_ADDRESS,
         server=SERVER_ADDRESS,
     )
-    constants = cgi.RouteConstants(pattern.text, pattern.prefix)
+    constants = cgi.RouteConstants.of(pattern.text)
     return cgi.environment(request, constants, match, dict(env or {}))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, env_section
+from gateway import testing
 from gateway.testing import cgi_environment, run_module
 
 
@@ -96,3 +97,24 @@ def test_the_env_module_alone_with_a_request_environment(example_apps):
     assert shown["QUERY_STRING"] == "q=1+2"
     assert shown["HTTP_ACCEPT"] == "*/*"
     assert shown["X_MATCHED_ROUTE"] == "/env/..."
+
+
+def test_a_spin_1_base_is_in_the_matched_route_and_not_in_the_components(
+    example_apps: Path, tmp_path: Path
+):
+    """Spin 1's documented example: base `/test`, route `/hello/...`."""
+    (tmp_path / "env.wasm").write_bytes((ROOT / "apps/env/env.wasm").read_bytes())
+    (tmp_path / "spin.toml").write_text(
+        'spin_manifest_version = "1"\nname = "shop"\n'
+        'trigger = { type = "http", base = "/test" }\n'
+        '[[component]]\nid = "env"\nsource = "env.wasm"\n'
+        '[component.trigger]\nroute = "/hello/..."\nexecutor = { type = "wagi" }\n'
+    )
+    with testing.wagi_client(tmp_path / "spin.toml", cache_dir=tmp_path / "cache") as client:
+        response = client.get("/test/hello/abc/def?foo=bar")
+    env = env_section(response.text)
+    assert env["X_MATCHED_ROUTE"] == "/test/hello/..."
+    assert env["X_RAW_COMPONENT_ROUTE"] == "/hello/..."
+    assert env["X_COMPONENT_ROUTE"] == "/hello"
+    assert env["X_BASE_PATH"] == "/test"
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/test/hello", "/abc/def")

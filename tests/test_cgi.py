@@ -8,7 +8,7 @@ from gateway import cgi
 from gateway.manifest import DEFAULT_ARGV
 from gateway.routing import Match
 
-ROUTE = cgi.RouteConstants(matched_route="/env/...", component_route="/env")
+ROUTE = cgi.RouteConstants.of("/env/...")
 MATCH = Match(None, script_name="/env", path_info="/foo bar", raw_path_info="/foo%20bar")
 
 
@@ -174,7 +174,7 @@ def test_the_fixed_part_is_the_same_for_every_request_and_never_overlaps():
 
 def test_path_parameters_are_exported():
     match = Match(None, "/users/42", "", "", (("id", "42"),))
-    route = cgi.RouteConstants("/users/:id", "/users/:id")
+    route = cgi.RouteConstants.of("/users/:id")
     assert environment(request(), route=route, match=match)["X_PATH_MATCH_ID"] == "42"
 
 

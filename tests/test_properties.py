@@ -155,7 +155,7 @@ def test_the_environment_builder_always_yields_what_wasi_accepts(
         scheme=scheme,
         client=("10.0.0.1", 1234),
     )
-    route = cgi.RouteConstants("/...", "")
+    route = cgi.RouteConstants.of("/...")
     match = Match(None, "", "/" + path, "/" + path)
     env = cgi.environment(request, route, match, configured)
     for name, value in env.items():
