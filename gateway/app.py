@@ -5,7 +5,9 @@ to one status, a short plain-text body, and one log line carrying the request id
 is also sent back in `x-request-id`).
 
 The app answers as soon as the server listens: `/healthz` says the process is alive,
-`/readyz` whether it serves (not while loading, nor while draining before shutdown).
+`/.well-known/wagi/ready` whether it serves (not while loading, nor while draining before
+shutdown). The gateway's own paths other than WAGI's and Spin's health checks are under
+`/.well-known/wagi/`, where no app's route is likely to be.
 """
 
 from __future__ import annotations

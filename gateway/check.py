@@ -18,7 +18,7 @@ from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
 from .loader import load_app
 from .manifest import Component, Manifest, ManifestError, Trigger, close_match, load_manifest
-from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
+from .routing import RoutePattern, RouteSyntaxError
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _clash(
 
 
 def _built_in(trigger: Trigger, pattern: RoutePattern) -> Problem | None:
-    if pattern.wildcard or pattern.has_params or pattern.text not in BUILT_IN_PATHS:
+    if not pattern.is_built_in():
         return None
     return Problem(
         trigger.origin,

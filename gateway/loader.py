@@ -329,6 +329,16 @@ def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: st
 
 
 def _route_table(handlers: list[Handler]) -> RouteTable[Handler]:
+    for handler in handlers:
+        if handler.pattern.is_built_in():  # `wagi check` calls it an error; serving goes on
+            text = handler.pattern.text
+            log.warning(
+                "%s: component %s: route %s is never reached: the gateway answers %s itself",
+                handler.origin,
+                handler.component.id,
+                text,
+                text,
+            )
     try:
         return RouteTable([Route(h.pattern, h) for h in handlers])
     except RouteClash as clash:

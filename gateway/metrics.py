@@ -1,10 +1,10 @@
-"""Prometheus metrics, served at /metrics: requests (answered and in flight), latency,
-guest time, pools, the compiled cache, and requests stopped by limits.
+"""Prometheus metrics, served at /.well-known/wagi/metrics: requests (answered and in
+flight), latency, guest time, pools, the compiled cache, and requests stopped by limits.
 
 With several workers, prometheus-client's multiprocess mode is used: each worker writes
 its values to files in a folder the supervisor makes (`PROMETHEUS_MULTIPROC_DIR`), and
-/metrics on any worker adds them all up. The supervisor sets that up before starting
-workers, since prometheus-client reads it when imported.
+the metrics path on any worker adds them all up. The supervisor sets that up before
+starting workers, since prometheus-client reads it when imported.
 """
 
 from __future__ import annotations

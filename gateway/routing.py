@@ -19,8 +19,8 @@ WILDCARD = "..."
 
 # Paths the gateway answers itself, before any route of the app.
 LIVENESS_PATHS = frozenset({"/healthz", "/.well-known/spin/health"})
-READINESS_PATH = "/readyz"
-METRICS_PATH = "/metrics"
+READINESS_PATH = "/.well-known/wagi/ready"
+METRICS_PATH = "/.well-known/wagi/metrics"
 INFO_PATH = "/.well-known/wagi/info"
 BUILT_IN_PATHS = (*sorted(LIVENESS_PATHS), READINESS_PATH, METRICS_PATH, INFO_PATH)
 _PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
@@ -108,6 +108,10 @@ class RoutePattern:
             mine == theirs or (mine.startswith(":") and theirs != "")
             for mine, theirs in zip(self.segments, other.segments, strict=False)
         )
+
+    def is_built_in(self) -> bool:
+        """Whether the gateway answers this route's only path itself (`BUILT_IN_PATHS`)."""
+        return not self.wildcard and not self.has_params and self.text in BUILT_IN_PATHS
 
     def rank(self) -> tuple:
         """Sort key: non-wildcards first, then longer prefixes, then literals before params."""

@@ -107,7 +107,9 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"wagi serve exited {self.process.returncode}:\n{self.log()}")
             try:
-                response = httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify or True)
+                response = httpx.get(
+                    f"{self.url}/.well-known/wagi/ready", timeout=1, verify=self.verify or True
+                )
                 if response.status_code == 200:
                     return
             except httpx.TransportError:
@@ -175,8 +177,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def scrape(server: Server, name: str, **labels: str) -> float:
-    """The value of one of a running server's metrics, from its /metrics."""
-    return metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name, **labels)
+    """The value of one of a running server's metrics, from its /.well-known/wagi/metrics."""
+    return metric(
+        httpx.get(f"{server.url}/.well-known/wagi/metrics", timeout=10).text, name, **labels
+    )
 
 
 def answers(url: str) -> bool:

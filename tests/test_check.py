@@ -121,7 +121,11 @@ def test_every_problem_is_reported_on_its_own_line(tmp_path):
 def test_clashing_and_built_in_routes(tmp_path):
     manifest = spin_app(
         tmp_path,
-        [("/users/:id", "one", WAGI), ("/users/:name", "two", WAGI), ("/readyz", "three", WAGI)],
+        [
+            ("/users/:id", "one", WAGI),
+            ("/users/:name", "two", WAGI),
+            ("/.well-known/wagi/ready", "three", WAGI),
+        ],
         '[component.one]\nsource = "good.wat"\n[component.two]\nsource = "good.wat"\n'
         '[component.three]\nsource = "good.wat"\n',
     )
@@ -134,9 +138,9 @@ def test_clashing_and_built_in_routes(tmp_path):
         "fix: give one of them another route"
     )
     assert line_for(lines, "three") == (
-        f"{at(manifest, '/readyz')}: component `three`: route /readyz is never reached: "
-        "the gateway answers "
-        "/readyz itself; fix: choose another route"
+        f"{at(manifest, '/.well-known/wagi/ready')}: component `three`: "
+        "route /.well-known/wagi/ready is never reached: "
+        "the gateway answers /.well-known/wagi/ready itself; fix: choose another route"
     )
 
 

@@ -101,8 +101,8 @@ def test_the_pod_outlives_its_drain(tmp_path):
 
 
 def test_probes_use_the_gateway_health_endpoints():
-    assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container()["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container()["readinessProbe"]["httpGet"]["path"] == "/.well-known/wagi/ready"
+    assert container()["startupProbe"]["httpGet"]["path"] == "/.well-known/wagi/ready"
     assert container()["livenessProbe"]["httpGet"]["path"] == "/healthz"
     port_names = {port["name"] for port in container()["ports"]}
     for probe in ("readinessProbe", "startupProbe", "livenessProbe"):

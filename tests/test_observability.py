@@ -1,4 +1,4 @@
-"""Metrics at /metrics and structured logs."""
+"""Metrics at /.well-known/wagi/metrics and structured logs."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_metrics_count_requests_latency_guests_pools_cache_and_limits(serve, tmp
         assert httpx.get(f"{server.url}/hi", timeout=10).status_code == 200
     assert httpx.get(f"{server.url}/spin", timeout=10).status_code == 504
     assert httpx.post(f"{server.url}/hi", content=b"x" * (11 << 20), timeout=30).status_code == 413
-    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    response = httpx.get(f"{server.url}/.well-known/wagi/metrics", timeout=10)
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
     assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="200") == 5
@@ -53,14 +53,39 @@ def test_metrics_count_requests_latency_guests_pools_cache_and_limits(serve, tmp
     assert metric(text, "wagi_app_version") == 1
 
 
+def test_the_gateways_own_paths_leave_the_apps_alone(serve, tmp_path):
+    """Only WAGI's and Spin's health checks come before an app's routes; the rest of the
+    gateway's paths are under /.well-known/wagi/, so a catch-all app keeps /metrics."""
+    (tmp_path / "all.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nthe app\n"))
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/..."\nmodule = "all.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    for path in ("/metrics", "/readyz", "/livez", "/info"):
+        assert httpx.get(f"{server.url}{path}", timeout=10).text == "the app\n"
+    assert httpx.get(f"{server.url}/healthz", timeout=10).text == "OK\n"
+    metrics = httpx.get(f"{server.url}/.well-known/wagi/metrics", timeout=10).text
+    assert metric(metrics, "wagi_app_version") == 1
+
+
+def test_a_route_the_gateway_answers_itself_is_served_with_a_warning(serve, tmp_path):
+    (tmp_path / "hi.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nhi\n"))
+    (tmp_path / "modules.toml").write_text(
+        '[[module]]\nroute = "/hi"\nmodule = "hi.wat"\n\n'
+        '[[module]]\nroute = "/healthz"\nmodule = "hi.wat"\n'
+    )
+    server = serve("-c", str(tmp_path / "modules.toml"))
+    assert httpx.get(f"{server.url}/hi", timeout=10).text == "hi\n"
+    log = wait_for_log(server, "is never reached")
+    assert "route /healthz is never reached: the gateway answers /healthz itself" in log
+
+
 def test_metrics_add_up_over_workers(serve, tmp_path):
     server = serve("-c", str(app(tmp_path)), "--workers", "2")
-    wait_for_log(server, "wagi: ready", count=2)  # /readyz answers once the first is ready
+    wait_for_log(server, "wagi: ready", count=2)  # the readiness path answers at the first
     for _ in range(40):  # fresh connections, spread over both workers
         assert httpx.get(f"{server.url}/hi", timeout=10).status_code == 200
     assert len(set(re.findall(r"\[(worker \d)\] wagi\.access", server.log()))) == 2
     for _ in range(3):  # whichever worker answers, it reports both
-        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        text = httpx.get(f"{server.url}/.well-known/wagi/metrics", timeout=10).text
         assert metric(text, "wagi_requests_total", component="hi", route="/hi", status="200") == 40
     assert metric(text, "wagi_module_loads_total", how="cached") == 4  # 2 modules x 2 workers
 

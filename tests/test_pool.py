@@ -98,7 +98,7 @@ def test_pools_may_not_take_more_than_half_the_instance_slots(tmp_path):
 
 def test_workers_compile_once_and_all_serve(serve, example_apps):
     server = serve("-c", str(example_apps), "--workers", "2")
-    wait_for_log(server, "wagi: ready", count=2)  # /readyz answers once the first is ready
+    wait_for_log(server, "wagi: ready", count=2)  # the readiness path answers at the first
 
     def fresh_connection_get(_: int) -> httpx.Response:
         return httpx.get(f"{server.url}/hello", timeout=30)  # a new connection each time

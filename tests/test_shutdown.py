@@ -208,7 +208,13 @@ def test_readiness_follows_loading_and_draining(tmp_path):
     async def scenario() -> list[tuple[int, int, int]]:
         asgi = _Asgi(gateway)
         await asgi.start()
-        seen = [(await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))]
+        seen = [
+            (
+                await asgi.get("/healthz"),
+                await asgi.get("/.well-known/wagi/ready"),
+                await asgi.get("/hello"),
+            )
+        ]
         release.set()
         deadline = time.monotonic() + 10
         while gateway.loaded is None:
@@ -217,11 +223,19 @@ def test_readiness_follows_loading_and_draining(tmp_path):
                 pytest.fail("the app did not finish loading within 10 s")
             await asyncio.sleep(0.01)
         seen.append(
-            (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))
+            (
+                await asgi.get("/healthz"),
+                await asgi.get("/.well-known/wagi/ready"),
+                await asgi.get("/hello"),
+            )
         )
         gateway.draining = True  # what SIGTERM does first
         seen.append(
-            (await asgi.get("/healthz"), await asgi.get("/readyz"), await asgi.get("/hello"))
+            (
+                await asgi.get("/healthz"),
+                await asgi.get("/.well-known/wagi/ready"),
+                await asgi.get("/hello"),
+            )
         )
         gateway.close()
         return seen
