@@ -7,6 +7,7 @@ gateway only reads the frozen dataclasses this module returns.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import re
 import tomllib
@@ -322,10 +323,7 @@ def _load_spin_v2(ctx: _Context, data: dict) -> Manifest:
             http.finish()
         app_trigger.ignore(*(k for k in app_trigger.data if k != "http"))
         app_trigger.finish()
-    if _tool_tables(application):
-        raise application.error(
-            "tool", "gateway settings belong to components: [component.NAME.tool.wagi]"
-        )
+    app_options = _tool_tables(application)  # every component's, unless it sets its own
     application.finish()
     if top.has("variables"):
         raise top.error(
@@ -338,7 +336,8 @@ def _load_spin_v2(ctx: _Context, data: dict) -> Manifest:
     component_tables = top.take("component", dict, default={})
     for component_id, table in component_tables.items():
         key_path = ("component", component_id)
-        components[component_id] = _spin_component(_Table(ctx, table, key_path), component_id)
+        component = _spin_component(_Table(ctx, table, key_path), component_id)
+        components[component_id] = _with_app_options(component, app_options)
 
     triggers, private = _spin_v2_triggers(ctx, top, components)
     top.finish()
@@ -531,6 +530,17 @@ def _tool_tables(table: _Table) -> dict[str, Any]:
     options = {} if wagi is None else _gateway_options(wagi)
     tools.finish()
     return options
+
+
+def _with_app_options(component: Component, app_options: dict[str, Any]) -> Component:
+    """`component` with the app's settings (`[application.tool.wagi]`) where it has none."""
+    if not app_options:
+        return component
+    pool_size = component.pool_size
+    if pool_size is None:
+        pool_size = app_options.get("pool_size")
+    limits = {**app_options.get("limits", {}), **component.limits}
+    return dataclasses.replace(component, pool_size=pool_size, limits=limits)
 
 
 def _gateway_options(table: _Table) -> dict[str, Any]:

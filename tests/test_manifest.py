@@ -422,3 +422,49 @@ def test_sources_may_be_missing_when_only_building(app: Path):
     path = app / "spin.toml"
     path.write_text(SPIN_V2_HEAD.replace("hello.wat", "later.wasm"))
     assert load_manifest(path, check_sources=False).components["c"].source == app / "later.wasm"
+
+
+def test_application_tool_wagi_sets_every_components_defaults(app: Path):
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [application.tool.wagi]
+        request_timeout = "5s"
+        max_memory = "32M"
+        pool_size = 3
+        [application.tool.other-tool]
+        anything = 1
+        [[trigger.http]]
+        route = "/a"
+        component = "a"
+        executor = { type = "wagi" }
+        [[trigger.http]]
+        route = "/b"
+        component = "b"
+        executor = { type = "wagi" }
+        [component.a]
+        source = "hello.wat"
+        [component.b]
+        source = "hello.wat"
+        [component.b.tool.wagi]
+        request_timeout = "1s"
+        pool_size = 0
+    """,
+    )
+    components = load_manifest(path).components
+    assert components["a"].limits == {"request_timeout": 5.0, "max_memory": 32 << 20}
+    assert components["a"].pool_size == 3
+    assert components["b"].limits == {"request_timeout": 1.0, "max_memory": 32 << 20}
+    assert components["b"].pool_size == 0
+
+
+def test_a_misspelt_application_tool_wagi_key_is_an_error(app: Path):
+    path = write(
+        app,
+        SPIN_V2_HEAD.replace("[[trigger", "[application.tool.wagi]\npool_sise = 2\n[[trigger", 1),
+    )
+    with pytest.raises(ManifestError, match="pool_sise.*pool_size"):
+        load_manifest(path)
