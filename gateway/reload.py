@@ -115,6 +115,9 @@ class Reloader:
         self._current_digests = current_digests
         self.watched = Watched(settings)
         self._stop = anyio.Event()
+        # Whether the last reload (or build) failed: the files on disk are then not the
+        # live version, so no change may be skipped as already loaded.
+        self._failed = False
 
     async def run(self) -> None:
         """Watch until cancelled; the set of watched folders follows the manifest."""
@@ -144,14 +147,16 @@ class Reloader:
     async def changed(self, paths: Sequence[Path]) -> None:
         """Rebuild what the changes call for, then reload (unless nothing really changed)."""
         self.watched.refresh()
-        if self._only_rebuilt_modules(paths):
+        if not self._failed and self._only_rebuilt_modules(paths):
             return  # the module files a build just wrote, already loaded
         rebuilt = []
         for component in self.watched.to_rebuild(paths):
             if not await asyncio.to_thread(_build, component):
+                self._failed = True
                 return
             rebuilt.append(component.id)
-        await self._reload(f"changed: {_describe(paths, self.settings.manifest.parent)}", rebuilt)
+        reason = f"changed: {_describe(paths, self.settings.manifest.parent)}"
+        self._failed = not await self._reload(reason, rebuilt)
 
     def _only_rebuilt_modules(self, paths: Sequence[Path]) -> bool:
         sources = self.watched.sources()

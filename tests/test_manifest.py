@@ -466,5 +466,5 @@ def test_a_misspelt_application_tool_wagi_key_is_an_error(app: Path):
         app,
         SPIN_V2_HEAD.replace("[[trigger", "[application.tool.wagi]\npool_sise = 2\n[[trigger", 1),
     )
-    with pytest.raises(ManifestError, match="pool_sise.*pool_size"):
+    with pytest.raises(ManifestError, match=r"pool_sise.*pool_size"):
         load_manifest(path)

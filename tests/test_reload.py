@@ -115,6 +115,20 @@ def test_a_broken_module_keeps_the_old_version(serve, app, damage):
     assert get(server, "/one").text == "one v3"
 
 
+def test_putting_back_the_live_module_after_a_failed_reload_applies_what_waited(serve, app):
+    """The manifest changed while a module was missing; restoring the module (the very
+    bytes that are live) must load the manifest's change, not be skipped as loaded."""
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    kept = (app / "one.wat").read_text()
+    (app / "one.wat").unlink()
+    wait_for_log(server, "reload failed")
+    write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/1": "one"}))
+    wait_for_log(server, "reload failed", count=2)
+    write(app / "one.wat", kept)
+    wait_for_log(server, "reloaded to version 2")
+    assert get(server, "/1").text == "one v1"
+
+
 def test_changes_that_come_together_make_one_reload(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch", "--watch-debounce", "0.3")
     for n in range(5):
