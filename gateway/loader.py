@@ -169,6 +169,7 @@ def load_app(
 
     Modules whose digest is in `known` (a previous version's, say) are reused as they are.
     """
+    check_routes(manifest)
     pool_sizes = _pool_sizes(manifest, settings)
     _check_capacity(manifest, settings, sum(pool_sizes.values()))
     environment = settings.global_environment()
@@ -313,14 +314,40 @@ def _load_module(
     return loaded
 
 
-def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: str) -> Handler:
+def check_routes(manifest: Manifest) -> None:
+    """Refuse a manifest whose routes are malformed or clash: cheap, so it can come before
+    the server listens and before any module is compiled."""
     try:
-        pattern = RoutePattern.parse(trigger.route)
+        RouteTable([Route(_pattern(trigger), trigger) for trigger in manifest.triggers])
+    except RouteClash as clash:
+        first, second = clash.existing.target, clash.duplicate.target
+        raise _clash_error(
+            second.route, second.origin, first.route, first.component, first.origin
+        ) from None
+
+
+def _pattern(trigger: Trigger) -> RoutePattern:
+    try:
+        return RoutePattern.parse(trigger.route)
     except RouteSyntaxError as error:
-        raise ManifestError(trigger.origin, "route", str(error)) from None
+        raise ManifestError(trigger.origin, "", str(error)) from None
+
+
+def _clash_error(
+    route: str, origin: str, other_route: str, other_component: str, other_origin: str
+) -> ManifestError:
+    return ManifestError(
+        origin,
+        "",
+        f"route {route} clashes with route {other_route} of component `{other_component}` "
+        f"({other_origin}): both match the same paths; fix: give one of them another route",
+    )
+
+
+def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: str) -> Handler:
     return make_handler(
         components[trigger.component],
-        pattern,
+        _pattern(trigger),
         trigger.entrypoint,
         trigger.argv,
         base,
@@ -343,11 +370,8 @@ def _route_table(handlers: list[Handler]) -> RouteTable[Handler]:
         return RouteTable([Route(h.pattern, h) for h in handlers])
     except RouteClash as clash:
         first, second = clash.existing.target, clash.duplicate.target
-        raise ManifestError(
-            second.origin,
-            "route",
-            f"route {second.pattern.text} clashes with route {first.pattern.text} of "
-            f"component `{first.component.id}` ({first.origin})",
+        raise _clash_error(
+            second.pattern.text, second.origin, first.pattern.text, first.component.id, first.origin
         ) from None
 
 

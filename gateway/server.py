@@ -35,7 +35,7 @@ from .app import Gateway
 from .config import MAX_HEAD_SIZE, ConfigError, Settings
 from .engine import Engine, LoadError
 from .executor import Executor
-from .loader import LoadedApp, load_app
+from .loader import LoadedApp, check_routes, load_app
 from .logs import setup_logging
 from .manifest import Manifest, ManifestError, load_manifest
 from .metrics import MULTIPROCESS_FOLDER
@@ -214,6 +214,7 @@ def _serve_in_process(
     """
     if manifest is None:
         manifest = load_manifest(settings.manifest)  # a broken one fails before listening
+        check_routes(manifest)
     config = hypercorn_config(settings)
     supervised = sockets is not None
     if not supervised:

@@ -92,8 +92,11 @@ def test_a_route_clash_names_both_routes_and_components(tmp_path):
     with pytest.raises(ManifestError) as caught:
         load(tmp_path, manifest, {"a.wat": cgi_guest(), "b.wat": cgi_guest()})
     message = str(caught.value)
-    assert message.startswith(f"{tmp_path / 'modules.toml'}:5: route: ")
-    assert "route /users/:name clashes with route /users/:id of component `a`" in message
+    assert message.startswith(
+        f"{tmp_path / 'modules.toml'}:5: route /users/:name clashes with route /users/:id "
+        "of component `a`"
+    )
+    assert message.endswith("; fix: give one of them another route")
 
 
 def test_a_missing_entrypoint_is_found_at_load(tmp_path):

@@ -481,8 +481,9 @@ def test_serve_finds_spin_toml_in_the_working_directory(serve, tmp_path):
         (
             "[[module]]\nroute = '/a'\nmodule = 'm.wat'\n"
             "[[module]]\nroute = '/a'\nmodule = 'm.wat'\n",
-            ":5: route: route /a clashes with route /a of component `m`",
+            ":5: route /a clashes with route /a of component `m`",
         ),
+        ("[[module]]\nroute = 'a'\nmodule = 'm.wat'\n", ":2: route 'a' must start with `/`"),
     ],
 )
 def test_a_bad_manifest_exits_non_zero_with_one_clear_line(tmp_path, manifest, message):
@@ -497,6 +498,7 @@ def test_a_bad_manifest_exits_non_zero_with_one_clear_line(tmp_path, manifest, m
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1
     assert errors[0].startswith(f"error: {path}{message}"), errors[0]
+    assert "http://" not in result.stdout + result.stderr  # refused before listening
 
 
 def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
