@@ -295,17 +295,9 @@ class Gateway:
                 return
             await self._handle(scope, receive, send, head)
         except (asyncio.CancelledError, GuestCutOff) as stopped:
-            if not self._grace_over:
-                raise  # the client went away, or hypercorn is stopping
-            if task.uncancel() > 0:  # a cancellation besides ours (hypercorn's backstop)
-                raise asyncio.CancelledError from None
-            # A guest cut off may have done its work (504); else the client may safely
-            # try again (503).
-            cut_off = isinstance(stopped, GuestCutOff)
-            status = 504 if cut_off else 503
-            detail = "the gateway stopped" + (" while the guest ran" if cut_off else "")
+            self._unless_grace_over(stopped)  # a routed request was answered in `_route`
             with contextlib.suppress(Exception):  # unless a response already started
-                await self._turn_away(send, scope, head, status, detail, close=True)
+                await self._turn_away(send, scope, head, 503, _STOPPED, close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
@@ -367,10 +359,40 @@ class Gateway:
             await self._turn_away(send, scope, head, 404)
             return
         handler = match.route.target
-        status, sent, guest = await self._serve_route(
-            scope, receive, send, head, request_path, match, handler
-        )
+        try:
+            status, sent, guest = await self._serve_route(
+                scope, receive, send, head, request_path, match, handler
+            )
+        except (asyncio.CancelledError, GuestCutOff) as stopped:
+            self._unless_grace_over(stopped)
+            status, sent = await self._stopped(send, request_id, handler, stopped)
+            guest = 0.0
         self._record(request_id, scope, handler, status, sent, started, guest)
+
+    def _unless_grace_over(self, stopped: BaseException) -> None:
+        """Raise `stopped` again unless it is the gateway ending a request at the end of
+        the grace period, which is then answered."""
+        if not self._grace_over:
+            raise stopped  # the client went away, or hypercorn is stopping
+        task = asyncio.current_task()
+        if task is not None and task.uncancel() > 0:  # besides ours: hypercorn's backstop
+            raise asyncio.CancelledError from None
+
+    async def _stopped(
+        self, send: Send, request_id: str, handler: Handler, stopped: BaseException
+    ) -> tuple[int, int]:
+        """Answer a routed request the end of the grace period stopped: (status, bytes).
+
+        A guest cut off may have done its work (504); else the client may safely try
+        again (503).
+        """
+        cut_off = isinstance(stopped, GuestCutOff)
+        status = 504 if cut_off else 503
+        detail = _STOPPED + (" while the guest ran" if cut_off else "")
+        _log_answer(logging.WARNING, request_id, status, handler, detail)
+        with contextlib.suppress(Exception):  # unless a response already started
+            return status, await _respond(send, request_id, status, detail, close=True)
+        return status, 0
 
     async def _turn_away(
         self,
@@ -384,10 +406,9 @@ class Gateway:
     ) -> None:
         """Answer a request no guest will see, with an access-log line as for the rest."""
         started = time.perf_counter()
-        await _respond(send, head.request_id, status, detail, retry, close)
+        sent = await _respond(send, head.request_id, status, detail, retry, close)
         if access_log.isEnabledFor(logging.INFO):
             seconds = time.perf_counter() - started
-            sent = len(_plain_body(status, detail))
             _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
 
     def _record(
@@ -423,11 +444,11 @@ class Gateway:
         limits = component.limits
         if handler.problem is not None:  # found at load: no guest could run
             _log_answer(logging.ERROR, request_id, 500, handler, handler.problem)
-            return await _respond(send, request_id, 500), 0, 0.0
+            return 500, await _respond(send, request_id, 500), 0.0
         try:
             body = await self._admit(receive, head, component)
         except Refused as refusal:
-            return await self._refuse(send, request_id, handler, refusal), 0, 0.0
+            return refusal.status, await self._refuse(send, request_id, handler, refusal), 0.0
         if body is None:
             return 499, 0, 0.0  # the client went away
         try:
@@ -480,7 +501,8 @@ class Gateway:
     def _refuse(
         self, send: Send, request_id: str, handler: Handler, refusal: Refused
     ) -> Awaitable[int]:
-        """Answer a request a limit turned away, and count and log it."""
+        """Answer a request a limit turned away, and count and log it; returns the body's
+        size."""
         self.metrics.limit(handler.component.id, refusal.kind)
         _log_answer(logging.WARNING, request_id, refusal.status, handler, refusal.reason)
         return _respond(send, request_id, refusal.status, refusal.reason, retry=refusal.retry)
@@ -512,12 +534,12 @@ class Gateway:
             reason = f"{outcome.failure}: {outcome.error}"
             _log_answer(logging.ERROR, request_id, status, handler, reason)
             retry = outcome.failure == Failure.BUSY
-            return await _respond(send, request_id, status, retry=retry), 0
+            return status, await _respond(send, request_id, status, retry=retry)
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
             _log_answer(logging.ERROR, request_id, error.status, handler, error.reason)
-            return await _respond(send, request_id, error.status), 0
+            return error.status, await _respond(send, request_id, error.status)
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
         body = response.body
         if response.status in (204, 304):
@@ -772,6 +794,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+# Why a request was answered 503 or 504 at the end of the grace period.
+_STOPPED = "the gateway stopped"
+
+
 def _plain_body(status: int, detail: str) -> bytes:
     """The body of the gateway's own answers: the status's reason, then the detail."""
     reason = REASONS.get(status) or HTTPStatus(status).phrase
@@ -787,10 +813,11 @@ async def _respond(
     retry: bool = False,
     close: bool = False,
 ) -> int:
-    """A short plain-text answer: the status's reason, then the detail if any."""
+    """A short plain-text answer: the status's reason, then the detail if any; returns
+    the body's size."""
     body = _plain_body(status, detail)
     extra = [(b"retry-after", b"1")] if retry else []
     if close:
         extra.append((b"connection", b"close"))  # hypercorn (h11) closes after the answer
     await _send(send, status, body, b"text/plain; charset=utf-8", request_id, extra)
-    return status
+    return len(body)

@@ -149,6 +149,15 @@ def test_the_text_access_log_is_one_readable_line(serve, tmp_path):
     assert re.search(rf"{request_id} GET /hi 200 3B hi [\d.]+ms \(guest [\d.]+ms\)$", line)
 
 
+def test_the_access_line_of_a_failed_guest_counts_the_bytes_of_the_answer(serve, tmp_path):
+    server = serve("-c", str(app(tmp_path)))
+    response = httpx.get(f"{server.url}/spin", timeout=10)
+    assert response.status_code == 504
+    request_id = response.headers["x-request-id"]
+    line = wait_for_log(server, f"{request_id} GET /spin 504")
+    assert f"{request_id} GET /spin 504 {len(response.content)}B spin " in line
+
+
 @pytest.mark.parametrize("path, status", [("/nowhere", 404), ("/hi/%2e%2e/x", 400)])
 def test_requests_the_gateway_turns_away_have_access_lines_too(serve, tmp_path, path, status):
     server = serve("-c", str(app(tmp_path)))
