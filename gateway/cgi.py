@@ -303,7 +303,7 @@ def parse_response(output: bytes) -> Response:
     """Parse CGI output: header lines, an empty line, then the body byte for byte."""
     header_end, body_start = _find_header_end(output)
     if header_end <= 0:
-        raise CgiError(500, "module printed no CGI header block")
+        raise CgiError(500, f"module printed no CGI header block ({_why_no_headers(output)})")
     status: int | None = None
     has_content_type = has_location = False
     headers: list[tuple[bytes, bytes]] = []
@@ -338,6 +338,14 @@ def parse_response(output: bytes) -> Response:
     if status is None:
         status = 302 if has_location else 200
     return Response(status, headers, output[body_start:])
+
+
+def _why_no_headers(output: bytes) -> str:
+    if not output:
+        return "it printed nothing"
+    if output.startswith((b"\n", b"\r\n")):
+        return "its output starts with an empty line"
+    return "no empty line ends its headers"
 
 
 def _find_header_end(output: bytes) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from .config import Settings
 from .engine import WASI_MODULE, Engine, LoadError, Program
 from .loader import load_app
 from .manifest import Component, Manifest, ManifestError, Trigger, close_match, load_manifest
-from .routing import RoutePattern, RouteSyntaxError
+from .routing import BUILT_IN_PATHS, RoutePattern, RouteSyntaxError
 
 
 @dataclass(frozen=True)
@@ -158,14 +158,22 @@ def _clash(
 
 
 def _built_in(trigger: Trigger, pattern: RoutePattern) -> Problem | None:
-    if not pattern.is_built_in():
-        return None
-    return Problem(
-        trigger.origin,
-        f"route {pattern.text} is never reached: the gateway answers {pattern.text} itself",
-        trigger.component,
-        "choose another route",
-    )
+    if pattern.is_built_in():
+        return Problem(
+            trigger.origin,
+            f"route {pattern.text} is never reached: the gateway answers {pattern.text} itself",
+            trigger.component,
+            "choose another route",
+        )
+    if pattern.wildcard and pattern.prefix in BUILT_IN_PATHS:
+        return Problem(
+            trigger.origin,
+            f"route {pattern.text} does not get {pattern.prefix}: the gateway answers it itself",
+            trigger.component,
+            "choose another route",
+            warning=True,
+        )
+    return None
 
 
 def _shadowed_in_wagi(

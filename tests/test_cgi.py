@@ -267,9 +267,19 @@ def test_unusable_output_is_a_clean_error(stdout, status):
     assert caught.value.status == status
 
 
-def test_no_header_block_is_named_as_such():
-    with pytest.raises(cgi.CgiError, match="module printed no CGI header block"):
-        cgi.parse_response(b"just text\n")
+@pytest.mark.parametrize(
+    ("stdout", "why"),
+    [
+        (b"just text\n", "no empty line ends its headers"),
+        (b"Content-Type: text/plain\n", "no empty line ends its headers"),
+        (b"\nbody", "its output starts with an empty line"),
+        (b"", "it printed nothing"),
+    ],
+)
+def test_no_header_block_is_named_as_such_with_what_is_missing(stdout, why):
+    with pytest.raises(cgi.CgiError) as caught:
+        cgi.parse_response(stdout)
+    assert caught.value.reason == f"module printed no CGI header block ({why})"
 
 
 def test_a_header_block_is_read_up_to_a_bound():

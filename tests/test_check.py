@@ -125,9 +125,10 @@ def test_clashing_and_built_in_routes(tmp_path):
             ("/users/:id", "one", WAGI),
             ("/users/:name", "two", WAGI),
             ("/.well-known/wagi/ready", "three", WAGI),
+            ("/healthz/...", "four", WAGI),
         ],
         '[component.one]\nsource = "good.wat"\n[component.two]\nsource = "good.wat"\n'
-        '[component.three]\nsource = "good.wat"\n',
+        '[component.three]\nsource = "good.wat"\n[component.four]\nsource = "good.wat"\n',
     )
     status, lines = check(manifest)
     assert status == 1
@@ -141,6 +142,10 @@ def test_clashing_and_built_in_routes(tmp_path):
         f"{at(manifest, '/.well-known/wagi/ready')}: component `three`: "
         "route /.well-known/wagi/ready is never reached: "
         "the gateway answers /.well-known/wagi/ready itself; fix: choose another route"
+    )
+    assert line_for(lines, "four") == (
+        f"{at(manifest, '/healthz/...')}: component `four`: warning: route /healthz/... does "
+        "not get /healthz: the gateway answers it itself; fix: choose another route"
     )
 
 
