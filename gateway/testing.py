@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from . import cgi
+from .app import FAILURE_STATUS
 from .config import (
     LIMIT_NAMES,
     EngineSettings,
@@ -112,6 +113,10 @@ class InvalidCgiResponse(AssertionError):
     """The module's output is not a CGI response; the message says why."""
 
 
+class ModuleFailed(AssertionError):
+    """The module failed, so the gateway would not send what it printed."""
+
+
 @dataclass(frozen=True)
 class ModuleResult:
     """What a module did when run once: its raw output, how it ended, the response."""
@@ -128,7 +133,17 @@ class ModuleResult:
 
     @property
     def response(self) -> Response:
-        """stdout parsed as a CGI response, the way the gateway parses it."""
+        """stdout parsed as a CGI response, the way the gateway parses it.
+
+        Raises ModuleFailed if the run failed (a non-zero exit, a trap, a limit): the
+        gateway then answers with an error of its own, whatever the module printed.
+        """
+        if self.failure is not None:
+            status = FAILURE_STATUS.get(self.failure, 500)
+            raise ModuleFailed(
+                f"the module failed ({self.failure}: {self.error}); the gateway would answer "
+                f"{status}, not what it printed"
+            )
         try:
             parsed = cgi.parse_response(self.stdout)
         except cgi.CgiError as error:

@@ -16,6 +16,7 @@ from gateway.manifest import ManifestError
 from gateway.testing import (
     Headers,
     InvalidCgiResponse,
+    ModuleFailed,
     Response,
     cgi_environment,
     run_module,
@@ -65,6 +66,14 @@ def test_run_module_reports_exit_codes_and_traps(tmp_path):
     trapped = run_module(guest(tmp_path, "t.wat", cgi_guest(b"", trap=True)))
     assert trapped.failure == "trap" and "unreachable" in trapped.error
     assert trapped.exit_code is None  # it never exited: `exit_code == 0` cannot pass
+
+
+def test_the_response_of_a_failed_run_is_not_taken_for_a_success(tmp_path):
+    printed = b"Content-Type: text/plain\n\nall fine\n"
+    result = run_module(guest(tmp_path, "e.wat", cgi_guest(printed, exit_code=3)))
+    assert result.stdout == printed  # still there to look at
+    with pytest.raises(ModuleFailed, match=r"failed \(exit: exit status 3\).*would answer 500"):
+        _ = result.response
 
 
 def test_output_that_is_no_cgi_response_says_why(tmp_path):
