@@ -625,12 +625,16 @@ class GuestCall:
             failure, message = Failure.OUTPUT, self._output.exceeded
         elif limit > 0:
             size = self._instance.memory_size()
+            used = f"{human_size(size)} of {human_size(limit)}"
             if size + max(limit // 8, WASM_PAGE) > limit:
                 # wasmtime does not say when it refused to grow a memory; a guest that
                 # fails this close to its limit most likely ran out.
                 failure = Failure.MEMORY
-                used = f"{human_size(size)} of {human_size(limit)}"
                 message = f"{message}, with memory at its limit ({used})"
+            elif size * 2 >= limit:
+                # One large allocation can be refused further below the limit: say how
+                # near it was, without claiming that was the cause.
+                message = f"{message}, with memory at {used}"
         self._failure, self._message = failure, message
 
     def finish(self) -> Outcome:
