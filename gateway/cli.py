@@ -283,7 +283,7 @@ def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help="manifest: spin.toml (v1 or v2) or modules.toml "
+        help="manifest: spin.toml (v1 or v2) or modules.toml, or a folder holding one "
         "(default: ./spin.toml, else ./modules.toml)",
     )
 
@@ -310,6 +310,8 @@ def _add_log_option(parser: argparse.ArgumentParser, default: str = "info") -> N
 def _manifest_path(args: argparse.Namespace) -> Path:
     if args.config is None:
         return find_manifest(Path.cwd())
+    if args.config.is_dir():  # as `spin up -f FOLDER` takes the app's folder
+        return find_manifest(args.config)
     if not args.config.is_file():
         raise ConfigError(f"manifest not found: {args.config}")
     return args.config

@@ -110,9 +110,14 @@ def parse_env_file(path: Path) -> list[tuple[str, str]]:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """Parse `HOST:PORT` (IPv6 hosts in brackets: `[::1]:3000`)."""
+    if "://" in text:
+        address = text.split("://", 1)[1].rstrip("/")
+        raise ConfigError(f"--listen takes HOST:PORT, not a URL: {address!r}, not {text!r}")
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     port = parse_port(port_text)
+    if sep and host and port is None and port_text.isdigit():
+        raise ConfigError(f"--listen {text!r}: port {port_text} is out of range (0-65535)")
     if not sep or not host or port is None:
         raise ConfigError(f"expected HOST:PORT for --listen, got {text!r}")
     return host, port

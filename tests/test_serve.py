@@ -508,6 +508,8 @@ def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
         (["-e", os.fsdecode(b"A=\xff")], "A: the value is not UTF-8 text"),
         (["--env-file", str(tmp_path / "nul.env")], "A: a value must not hold a NUL"),
         (["-l", "nowhere"], "expected HOST:PORT"),
+        (["-l", "http://127.0.0.1:3000/"], "not a URL: '127.0.0.1:3000'"),
+        (["-l", "127.0.0.1:99999"], "port 99999 is out of range (0-65535)"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
         (["--env-file", str(tmp_path / "none.env")], "cannot read env file"),
         (
@@ -520,6 +522,17 @@ def test_bad_flags_are_refused_clearly(tmp_path, example_apps):
         result = run_wagi("serve", "-c", str(example_apps), *args)
         assert result.returncode == 1 and text in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_folder_given_for_the_manifest_means_the_manifest_in_it(tmp_path):
+    (tmp_path / "m.wat").write_text(cgi_guest(b"Content-Type: text/plain\n\nfound\n"))
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/"\nmodule = "m.wat"\n')
+    assert run_wagi("check", "-c", str(tmp_path)).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_wagi("check", "-c", str(empty))
+    assert result.returncode == 1
+    assert f"error: no spin.toml or modules.toml in {empty}" in result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
