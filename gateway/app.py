@@ -519,6 +519,7 @@ class Gateway:
             stdin=body,
             mounts=handler.component.mounts,
             fixed_env=handler.fixed_env,
+            outbound=handler.component.outbound,
         )
 
     async def _answer(

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import wasmtime
 
-from . import native, wasi
+from . import native, outbound, wasi
 from .cache import ModuleCache
 from .config import EngineSettings, Limits, human_size
 from .ticker import EpochTicker
@@ -119,6 +119,8 @@ class Invocation:
     # (host directory, guest path) pairs, always mounted read-only.
     mounts: list[tuple[str, str]] = field(default_factory=list)
     fixed_env: FixedEnvironment | None = None
+    # What its outbound HTTP requests may do, for a module that makes any.
+    outbound: outbound.OutboundPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ class Engine:
         self.linker = wasmtime.Linker(self.wasmtime)
         self.linker.define_wasi()
         wasi.install(self.linker)
+        outbound.install(self.linker)
         self.cache = ModuleCache(cache_dir, self.fingerprint())
         self.address = native.address(self.wasmtime)
         settings = self.settings
@@ -210,12 +213,15 @@ class Engine:
         """Resolve a module's imports against WASI once, for cheap instantiation."""
         module = loaded.module
         unsupported = [
-            f"{item.module}::{item.name}" for item in module.imports if item.module != WASI_MODULE
+            f"{item.module}::{item.name}"
+            for item in module.imports
+            if item.module not in (WASI_MODULE, outbound.MODULE)
         ]
         if unsupported:
             raise LoadError(
                 f"{name} imports {', '.join(unsupported)}, which this gateway does not "
-                f"provide (it provides WASI preview 1, `{WASI_MODULE}`)"
+                f"provide (it provides WASI preview 1, `{WASI_MODULE}`, and WAGI's "
+                f"outbound HTTP, `{outbound.MODULE}`)"
             )
         try:
             instance_pre = self.linker.instantiate_pre(module)
@@ -260,8 +266,11 @@ class Program:
         self._instance_pre_address = native.address(instance_pre)
         self.exports = {item.name: item.type for item in module.exports}
         self.is_reactor = "_initialize" in self.exports
-        # A guest that can sleep inside a host call cannot be interrupted there.
-        self.may_block = any(
+        # Whether it makes outbound HTTP requests (`outbound`).
+        self.makes_requests = any(item.module == outbound.MODULE for item in module.imports)
+        # A guest that can sleep or wait for a response inside a host call cannot be
+        # interrupted there.
+        self.may_block = self.makes_requests or any(
             item.module == WASI_MODULE and item.name == "poll_oneoff" for item in module.imports
         )
 
@@ -458,6 +467,8 @@ class Instance:
         per poll. The instance belongs to the returned call from now on.
         """
         output = wasi.capture(self._context, output_limit)
+        if invocation.outbound is not None:
+            output.outbound = outbound.Session(invocation.outbound)
         problem = self._attach_wasi(invocation)
         names = [entrypoint]
         if self._is_reactor and entrypoint != "_start":

@@ -29,6 +29,7 @@ from .engine import (
 from .logs import ComponentLog
 from .manifest import Component, Manifest, ManifestError, Trigger
 from .mounts import StagedFiles, guest_mounts
+from .outbound import DEFAULT_MAX_OPEN, OutboundPolicy
 from .pool import InstancePool
 from .routing import Route, RouteClash, RoutePattern, RouteSyntaxError, RouteTable
 
@@ -53,6 +54,8 @@ class ComponentRuntime:
     mounts: list[tuple[str, str]]
     log: ComponentLog
     staged: StagedFiles | None
+    # What its outbound HTTP requests may do; None if its module makes none.
+    outbound: OutboundPolicy | None = None
 
     def close(self) -> None:
         """Release the pooled instances, the staged files and the log file."""
@@ -273,6 +276,26 @@ def _prepare(
         mounts=guest_mounts(component, staged),
         log=component_log,
         staged=staged,
+        outbound=_outbound_policy(component, program, limits),
+    )
+
+
+def _outbound_policy(
+    component: Component, program: Program, limits: Limits
+) -> OutboundPolicy | None:
+    if not program.makes_requests:
+        return None
+    if not component.allowed_outbound_hosts:
+        log.warning(
+            "component %s: its module makes outbound HTTP requests, but no host is allowed "
+            "(allowed_outbound_hosts, or allowed_hosts in modules.toml): all are refused",
+            component.id,
+        )
+    return OutboundPolicy(
+        component.id,
+        component.allowed_outbound_hosts,
+        component.http_max_concurrency or DEFAULT_MAX_OPEN,
+        limits.max_output_size,
     )
 
 

@@ -60,6 +60,37 @@ class Build:
 
 
 @dataclass(frozen=True)
+class AllowedHost:
+    """One entry of a component's outbound allowlist: a URL's scheme, host and port.
+
+    `*` stands for any scheme, host or port; a host `*.example.com` for its subdomains. A
+    port of None is the scheme's default (80 or 443).
+    """
+
+    scheme: str
+    host: str
+    port: int | str | None = None
+
+    def allows(self, scheme: str, host: str, port: int) -> bool:
+        """Whether a request to `scheme://host:port` may go out."""
+        if self.scheme not in ("*", scheme):
+            return False
+        if self.host.startswith("*."):
+            if not host.endswith(self.host[1:]):
+                return False
+        elif self.host not in ("*", host):
+            return False
+        if self.port == "*":
+            return True
+        return port == (DEFAULT_PORTS[scheme] if self.port is None else self.port)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# WAGI's and Spin 1's way of allowing every destination.
+ALLOW_ALL = "insecure:allow-all"
+
+
+@dataclass(frozen=True)
 class Component:
     """A WASI module and what it may see: environment, files, outbound hosts."""
 
@@ -71,7 +102,10 @@ class Component:
     files: tuple[IncludedFile, ...] = ()
     # Patterns from `files` that matched nothing: not an error, but `wagi check` says so.
     empty_patterns: tuple[str, ...] = ()
-    allowed_outbound_hosts: tuple[str, ...] = ()
+    # Where its outbound HTTP requests may go (`wasi_experimental_http`); none by default.
+    allowed_outbound_hosts: tuple[AllowedHost, ...] = ()
+    # How many responses it may hold open at once (WAGI's `http_max_concurrency`).
+    http_max_concurrency: int | None = None
     build: Build | None = None
     # Gateway settings (`[component.NAME.tool.wagi]`, or keys of a WAGI `[[module]]`).
     pool_size: int | None = None
@@ -467,7 +501,8 @@ def _spin_component(table: _Table, component_id: str) -> Component:
             )
     source = _spin_source(table)
     environment = table.string_table("environment")
-    outbound = table.strings("allowed_outbound_hosts") + table.strings("allowed_http_hosts")
+    outbound = _allowed_hosts(table, "allowed_outbound_hosts")
+    outbound += _allowed_hosts(table, "allowed_http_hosts", bare_hosts=True)
     mounts, files, empty = _spin_files(table)
     build = _build(table)
     options = _tool_tables(table)
@@ -484,6 +519,42 @@ def _spin_component(table: _Table, component_id: str) -> Component:
         build=build,
         **options,
     )
+
+
+_ALLOWED_HOST = re.compile(
+    r"^(?:(?P<scheme>[a-z*]+)://)?(?P<host>\*|(?:\*\.)?[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>\*|\d{1,5}))?/?$"
+)
+
+
+def _allowed_hosts(table: _Table, key: str, bare_hosts: bool = False) -> tuple[AllowedHost, ...]:
+    """An outbound allowlist: URLs such as `https://api.example.com` or `*://*.example.com:*`;
+    with `bare_hosts` (WAGI, Spin 1), also a host alone, for http and https."""
+    hosts: list[AllowedHost] = []
+    for index, text in enumerate(table.strings(key)):
+        if text == ALLOW_ALL:
+            hosts.append(AllowedHost("*", "*", "*"))
+            continue
+        found = _ALLOWED_HOST.match(text)
+        scheme = found and found["scheme"]
+        port = found and found["port"]
+        if (
+            not found
+            or (scheme is None and not bare_hosts)
+            or scheme not in (None, "*", "http", "https")
+            or (port not in (None, "*") and int(port) > 65535)
+        ):
+            raise table.ctx.error(
+                table.path(key),
+                f"item {index}: {text!r} is not a URL like `https://api.example.com` "
+                f"(or `*://*.example.com:*`, or `{ALLOW_ALL}`)",
+            )
+        port_value = port if port in (None, "*") else int(port)
+        host = found["host"].strip("[]").lower()
+        hosts.extend(
+            AllowedHost(s, host, port_value) for s in ([scheme] if scheme else DEFAULT_PORTS)
+        )
+    return tuple(hosts)
 
 
 def _spin_source(table: _Table) -> Path:
@@ -742,8 +813,10 @@ def _load_wagi(ctx: _Context, data: dict) -> Manifest:
         argv = table.take("argv", str, default=DEFAULT_ARGV)
         _check_argv(table, argv)
         mounts = _wagi_volumes(table)
-        outbound = table.strings("allowed_hosts")
-        table.take("http_max_concurrency", int)
+        outbound = _allowed_hosts(table, "allowed_hosts", bare_hosts=True)
+        http_max_concurrency = table.take("http_max_concurrency", int)
+        if http_max_concurrency is not None and http_max_concurrency < 1:
+            raise table.error("http_max_concurrency", "must be 1 or more")
         environment = table.string_table("environment")
         # `bindle` and `bindle_server` belonged to WAGI's remote loading.
         for key in ("bindle", "bindle_server"):
@@ -758,6 +831,7 @@ def _load_wagi(ctx: _Context, data: dict) -> Manifest:
             environment=environment,
             mounts=mounts,
             allowed_outbound_hosts=outbound,
+            http_max_concurrency=http_max_concurrency,
             **options,
         )
         triggers.append(

@@ -378,6 +378,7 @@ class Client:
             env={**runtime.env, **(env or {})},
             stdin=stdin,
             mounts=list(runtime.mounts),
+            outbound=runtime.outbound,
         )
         return self._call(
             _run(self.gateway.executor, runtime.program, entrypoint, invocation, runtime.limits),

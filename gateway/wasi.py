@@ -52,6 +52,7 @@ class Output:
         "exceeded",
         "limit",
         "memory",
+        "outbound",
         "overslept",
         "stderr",
         "stdout",
@@ -73,6 +74,8 @@ class Output:
         self.stopped: threading.Event | None = None
         # Set when a sleep was cut short by the deadline or the stop: the guest is stopped.
         self.overslept = False
+        # The call's outbound HTTP requests (`outbound.Session`), if its module makes any.
+        self.outbound: object | None = None
 
     def take(self, fd: int, data: bytes) -> None:
         """Keep a write to fd 1 or 2; raise once the output would pass its limit."""
@@ -132,19 +135,24 @@ def _fd_write(_env: int, caller: int, values: int, _count: int) -> int:
     try:
         return _write(caller, values)
     except OutputLimitExceeded as error:
-        return _trap(str(error))
+        return trap(str(error))
     except Exception as error:  # never let an exception cross into wasm
-        return _trap(f"fd_write failed in the host: {error!r}")
+        return trap(f"fd_write failed in the host: {error!r}")
+
+
+def call_output(caller: int) -> tuple[Output | None, int]:
+    """The calling guest's Output (None if it has none), and its store's context."""
+    context = native.wasmtime_caller_context(caller)
+    return _outputs.get(native.wasmtime_context_get_data(context) or 0), context
 
 
 def _write(caller: int, values: int) -> int | None:
     raw = ctypes.string_at(values, _ARGUMENTS.size)
     fd, iovs, iovs_count, written_at = _ARGUMENTS.unpack(raw)
-    context = native.wasmtime_caller_context(caller)
-    output = _outputs.get(native.wasmtime_context_get_data(context) or 0)
+    output, context = call_output(caller)
     if output is None or fd not in (1, 2):
         return _result(values, _BADF)
-    base, size = _memory(caller, context, output)
+    base, size = memory(caller, context, output)
     if not base:
         return _result(values, _FAULT)
     if iovs_count > _MAX_IOVECS or iovs + 8 * iovs_count > size or written_at + 4 > size:
@@ -161,18 +169,18 @@ def _write(caller: int, values: int) -> int | None:
     return _result(values, _SUCCESS)
 
 
-def _memory(caller: int, context: int, output: Output) -> tuple[int, int]:
-    """The guest memory's address and size, (0, 0) if it exports none."""
-    memory = output.memory
-    if memory is None:
-        memory = native.Extern()
-        if not native.wasmtime_caller_export_get(caller, b"memory", 6, byref(memory)):
+def memory(caller: int, context: int, output: Output) -> tuple[int, int]:
+    """The calling guest's memory: its address and size, (0, 0) if it exports none."""
+    export = output.memory
+    if export is None:
+        export = native.Extern()
+        if not native.wasmtime_caller_export_get(caller, b"memory", 6, byref(export)):
             return 0, 0
-        output.memory = memory
+        output.memory = export
     # Read every time: a guest's memory may grow (and move) between calls.
-    data = native.wasmtime_memory_data(context, byref(memory.of.memory))
+    data = native.wasmtime_memory_data(context, byref(export.of.memory))
     base = ctypes.cast(data, c_void_p).value or 0
-    return base, native.wasmtime_memory_data_size(context, byref(memory.of.memory))
+    return base, native.wasmtime_memory_data_size(context, byref(export.of.memory))
 
 
 # poll_oneoff's records. A subscription: userdata, tag, then for a clock its id, timeout
@@ -196,7 +204,7 @@ def _poll_oneoff(_env: int, caller: int, values: int, _count: int) -> int:
     try:
         return _poll(caller, values)
     except Exception as error:  # never let an exception cross into wasm
-        return _trap(f"poll_oneoff failed in the host: {error!r}")
+        return trap(f"poll_oneoff failed in the host: {error!r}")
 
 
 def _poll(caller: int, values: int) -> int | None:
@@ -204,11 +212,10 @@ def _poll(caller: int, values: int) -> int | None:
     with none, sleep until the first clock's time, but not past the call's deadline."""
     raw = ctypes.string_at(values, _ARGUMENTS.size)
     subscriptions_at, events_at, count, count_at = _ARGUMENTS.unpack(raw)
-    context = native.wasmtime_caller_context(caller)
-    output = _outputs.get(native.wasmtime_context_get_data(context) or 0)
+    output, context = call_output(caller)
     if output is None or not 0 < count <= _MAX_SUBSCRIPTIONS:
         return _result(values, _INVAL)
-    base, size = _memory(caller, context, output)
+    base, size = memory(caller, context, output)
     ends = (subscriptions_at + 48 * count, events_at + 32 * count, count_at + 4)
     if not base or max(ends) > size:
         return _result(values, _FAULT)
@@ -234,7 +241,7 @@ def _poll(caller: int, values: int) -> int | None:
         if first > allowed or (output.stopped is not None and output.stopped.is_set()):
             # Waking it as if its time had come would be a lie: stop it instead.
             output.overslept = True
-            return _trap("stopped while sleeping")
+            return trap("stopped while sleeping")
         ready = [_EVENT.pack(data, _SUCCESS, _CLOCK) for wait, data in clocks if wait <= first]
     ctypes.memmove(base + events_at, b"".join(ready), 32 * len(ready))
     ctypes.c_uint32.from_address(base + count_at).value = len(ready)
@@ -254,6 +261,7 @@ def _result(values: int, errno: int) -> None:
     ctypes.c_int32.from_address(values).value = errno
 
 
-def _trap(message: str) -> int:
+def trap(message: str) -> int:
+    """A trap with `message`, for a host function to return."""
     encoded = message.encode()
     return native.wasmtime_trap_new(encoded, len(encoded))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from gateway.manifest import DEFAULT_ARGV, ManifestError, Mount, load_manifest
+from gateway.manifest import DEFAULT_ARGV, AllowedHost, ManifestError, Mount, load_manifest
 
 HELLO = '(module (func (export "_start")))'
 
@@ -95,7 +95,7 @@ def test_spin_v2_fields_and_defaults(app: Path):
     env = manifest.components["env"]
     assert env.source == app / "hello.wat"
     assert env.environment == (("GREETING", "hi"),)
-    assert env.allowed_outbound_hosts == ("https://example.com",)
+    assert env.allowed_outbound_hosts == (AllowedHost("https", "example.com"),)
 
 
 def test_paths_are_relative_to_the_manifest_not_the_working_directory(
@@ -467,4 +467,52 @@ def test_a_misspelt_application_tool_wagi_key_is_an_error(app: Path):
         SPIN_V2_HEAD.replace("[[trigger", "[application.tool.wagi]\npool_sise = 2\n[[trigger", 1),
     )
     with pytest.raises(ManifestError, match=r"pool_sise.*pool_size"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "allowed", "refused"),
+    [
+        (
+            "https://api.example.com",
+            ["https://api.example.com:443"],
+            ["http://api.example.com:80", "https://api.example.com:8443",
+             "https://example.com:443", "https://api.example.com.evil.net:443"],
+        ),
+        ("http://127.0.0.1:8080", ["http://127.0.0.1:8080"], ["http://127.0.0.1:80"]),
+        (
+            "*://*.example.com:*",
+            ["http://a.example.com:1", "https://b.a.example.com:443"],
+            ["https://example.com:443", "https://aexample.com:443"],
+        ),
+        ("api.example.com", ["http://api.example.com:80", "https://api.example.com:443"], []),
+        ("insecure:allow-all", ["http://anything:1", "https://x.y:443"], []),
+    ],
+)  # fmt: skip
+def test_allowed_outbound_hosts_match_scheme_host_and_port(app: Path, entry, allowed, refused):
+    path = write(
+        app, f'[[module]]\nroute = "/"\nmodule = "hello.wat"\nallowed_hosts = ["{entry}"]\n'
+    )
+    rules = load_manifest(path).components["hello"].allowed_outbound_hosts
+
+    def allows(url: str) -> bool:
+        scheme, rest = url.split("://")
+        host, port = rest.rsplit(":", 1)
+        return any(rule.allows(scheme, host, int(port)) for rule in rules)
+
+    assert [url for url in allowed + refused if allows(url)] == allowed
+
+
+@pytest.mark.parametrize(
+    "entry", ["ftp://example.com", "https://", "https://a b", "https://x:70000"]
+)
+def test_a_bad_allowed_host_is_a_load_error(app: Path, entry):
+    path = write(app, SPIN_V2_HEAD + f'allowed_outbound_hosts = ["{entry}"]\n')
+    with pytest.raises(ManifestError, match="is not a URL like"):
+        load_manifest(path)
+
+
+def test_spin_2_wants_a_scheme_on_allowed_outbound_hosts(app: Path):
+    path = write(app, SPIN_V2_HEAD + 'allowed_outbound_hosts = ["example.com"]\n')
+    with pytest.raises(ManifestError, match="is not a URL like"):
         load_manifest(path)

@@ -1,0 +1,388 @@
+"""Outbound HTTP for WAGI modules: the `wasi_experimental_http` host functions.
+
+WAGI 0.8 let a module make HTTP requests through five functions of deislabs'
+wasi-experimental-http (`req`, `header_get`, `headers_get_all`, `body_read`, `close`);
+modules built with its SDKs import them. They are provided here, within limits:
+
+- A request goes out only if its component allows the destination
+  (`allowed_outbound_hosts` in spin.toml, `allowed_hosts` in modules.toml), matching the
+  URL's scheme, host and port; none is allowed by default. WAGI matched the host alone,
+  so `https://api.example.com` also let plain HTTP through.
+- Redirects are not followed (each hop would need the same check): the guest gets the
+  3xx and its `Location`, as with any other response.
+- The request must finish by the guest's own deadline. A module that imports `req` always
+  runs on a worker thread (as one that sleeps does), since a guest waiting in a host call
+  cannot be interrupted; the socket's timeout ends the wait at the deadline, and the
+  guest is then stopped as timed out.
+- A response body is read whole, up to the component's output limit; a guest may hold
+  `http_max_concurrency` responses open at once (WAGI's key; default 32).
+
+Every pointer the guest passes is checked against its memory, as in `wasi`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import wasmtime
+
+from . import native, wasi
+from .manifest import DEFAULT_PORTS, AllowedHost
+
+log = logging.getLogger("wagi.outbound")
+
+MODULE = "wasi_experimental_http"
+DEFAULT_MAX_OPEN = 32
+
+# The SDK's error codes (its witx `http_error`).
+_SUCCESS, _INVALID_HANDLE, _MEMORY_NOT_FOUND, _MEMORY_ACCESS_ERROR = 0, 1, 2, 3
+_BUFFER_TOO_SMALL, _HEADER_NOT_FOUND, _UTF8_ERROR, _DESTINATION_NOT_ALLOWED = 4, 5, 6, 7
+_INVALID_METHOD, _INVALID_ENCODING, _INVALID_URL, _REQUEST_ERROR = 8, 9, 10, 11
+_TOO_MANY_SESSIONS = 13
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers the gateway sets itself: the body's length, the connection, and `Host`, which
+# must name the host that was allowed.
+_OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "te"})
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """What one component's guests may do over HTTP."""
+
+    component: str
+    allowed: tuple[AllowedHost, ...]
+    max_open: int = DEFAULT_MAX_OPEN
+    max_response: int = 64 << 20
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    read: int = 0
+
+
+@dataclass
+class Session:
+    """One guest call's outbound requests: the policy, and the responses it holds."""
+
+    policy: OutboundPolicy
+    responses: dict[int, _Response] = field(default_factory=dict)
+    next_handle: int = 1
+
+
+class _Stop(Exception):
+    """The guest's time ran out during a request: it is stopped, as timed out."""
+
+
+def install(linker: wasmtime.Linker) -> None:
+    """Define the `wasi_experimental_http` functions in `linker`."""
+    i32 = wasmtime.ValType.i32()
+    functions = [
+        (b"req", _req, 10),
+        (b"close", _close, 1),
+        (b"header_get", _header_get, 6),
+        (b"headers_get_all", _headers_get_all, 4),
+        (b"header_get_all", _headers_get_all, 4),  # the name in some versions of the SDK
+        (b"body_read", _body_read, 4),
+    ]
+    module = MODULE.encode()
+    for name, callback, arguments in functions:
+        signature = wasmtime.FuncType([i32] * arguments, [i32])
+        error = native.wasmtime_linker_define_func_unchecked(
+            native.address(linker),
+            module,
+            len(module),
+            name,
+            len(name),
+            native.address(signature),
+            callback,
+            None,
+            None,
+        )
+        if error:
+            raise RuntimeError(f"cannot define {name.decode()}: {native.error_text(error)}")
+
+
+def _host_call(function):
+    """Wrap a host function: read its i32 arguments, write its error code; a stop or a
+    bug of ours traps the guest (no exception may cross into wasm)."""
+
+    @native.HostCallback
+    def callback(_env: int, caller: int, values: int, count: int) -> int:
+        try:
+            arguments = struct.unpack_from(
+                "<" + "I12x" * count, ctypes.string_at(values, 16 * count)
+            )
+            ctypes.c_uint32.from_address(values).value = function(caller, *arguments)
+            return None
+        except _Stop as stop:
+            return wasi.trap(str(stop))
+        except Exception as error:
+            return wasi.trap(f"{MODULE} failed in the host: {error!r}")
+
+    return callback
+
+
+class _Memory:
+    """The calling guest's memory, every access checked against its size."""
+
+    def __init__(self, caller: int) -> None:
+        self.output, context = wasi.call_output(caller)
+        self.base, self.size = (
+            (0, 0) if self.output is None else wasi.memory(caller, context, self.output)
+        )
+
+    def read(self, address: int, length: int) -> bytes:
+        if address + length > self.size:
+            raise _Fault
+        return ctypes.string_at(self.base + address, length)
+
+    def text(self, address: int, length: int) -> str:
+        return self.read(address, length).decode()  # UnicodeDecodeError: _UTF8_ERROR
+
+    def write(self, address: int, data: bytes) -> None:
+        if address + len(data) > self.size:
+            raise _Fault
+        ctypes.memmove(self.base + address, data, len(data))
+
+    def write_u32(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<I", value))
+
+
+class _Fault(Exception):
+    """A pointer outside the guest's memory."""
+
+
+def _session(memory: _Memory) -> Session | None:
+    return None if memory.output is None else memory.output.outbound
+
+
+def _checked(function):
+    """Map bad memory and bad text to the SDK's error codes."""
+
+    def checked(caller: int, *arguments: int) -> int:
+        memory = _Memory(caller)
+        if not memory.base:
+            return _MEMORY_NOT_FOUND
+        try:
+            return function(memory, *arguments)
+        except _Fault:
+            return _MEMORY_ACCESS_ERROR
+        except UnicodeDecodeError:
+            return _UTF8_ERROR
+
+    return _host_call(checked)
+
+
+@_checked
+def _req(
+    memory: _Memory,
+    url_at: int,
+    url_length: int,
+    method_at: int,
+    method_length: int,
+    headers_at: int,
+    headers_length: int,
+    body_at: int,
+    body_length: int,
+    status_at: int,
+    handle_at: int,
+) -> int:
+    session = _session(memory)
+    url = memory.text(url_at, url_length)
+    method = memory.text(method_at, method_length)
+    headers = _request_headers(memory.text(headers_at, headers_length))
+    body = memory.read(body_at, body_length)
+    memory.write(status_at, b"\0\0")  # both in bounds before anything goes out
+    memory.write_u32(handle_at, 0)
+    if not _TOKEN.match(method):
+        return _INVALID_METHOD
+    if headers is None:
+        return _INVALID_ENCODING
+    target = _target(url)
+    if target is None:
+        return _INVALID_URL
+    scheme, host, port, path = target
+    if session is None or not any(
+        rule.allows(scheme, host, port) for rule in session.policy.allowed
+    ):
+        component = session.policy.component if session else "?"
+        log.warning(
+            "component %s: outbound request to %s refused: not an allowed host", component, url
+        )
+        return _DESTINATION_NOT_ALLOWED
+    if len(session.responses) >= session.policy.max_open:
+        return _TOO_MANY_SESSIONS
+    response = _send(memory.output, session.policy, scheme, host, port, method, path, headers, body)
+    if response is None:
+        return _REQUEST_ERROR
+    handle = session.next_handle
+    session.next_handle += 1
+    session.responses[handle] = response
+    memory.write(status_at, struct.pack("<H", response.status))
+    memory.write_u32(handle_at, handle)
+    return _SUCCESS
+
+
+def _request_headers(text: str) -> list[tuple[str, str]] | None:
+    """The SDK's `name:value` lines; None if one is malformed."""
+    headers = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        value = value.strip(" \t")
+        if not colon or not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            return None
+        if name.lower() not in _OWN_HEADERS:
+            headers.append((name, value))
+    return headers
+
+
+def _target(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path and query) of an absolute http(s) URL; None if it is not."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname or parts.username is not None:
+        return None
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme], path
+
+
+def _send(
+    output: wasi.Output,
+    policy: OutboundPolicy,
+    scheme: str,
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> _Response | None:
+    """Make the request within the guest's deadline; None if it failed."""
+    import http.client  # only apps that make requests pay for importing it
+
+    remaining = output.deadline - time.monotonic()
+    if remaining <= 0:
+        output.overslept = True
+        raise _Stop("stopped: the request's time ran out")
+    if scheme == "https":
+        import ssl
+
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=remaining, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=remaining)
+    try:
+        connection.putrequest(method, path)  # with the Host it was allowed for
+        for name, value in headers:  # repeated ones too
+            connection.putheader(name, value)
+        if body or method in ("POST", "PUT", "PATCH"):
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        answer = connection.getresponse()
+        data = answer.read(policy.max_response + 1)
+        if len(data) > policy.max_response:
+            log.warning(
+                "component %s: outbound response from %s over %d bytes: refused",
+                policy.component,
+                host,
+                policy.max_response,
+            )
+            return None
+        pairs = [(name.lower(), value) for name, value in answer.getheaders()]
+        return _Response(answer.status, pairs, data)
+    except TimeoutError:
+        if time.monotonic() >= output.deadline:
+            output.overslept = True
+            raise _Stop("stopped: the request's time ran out during an outbound request") from None
+        return None
+    except (OSError, http.client.HTTPException) as error:
+        log.info("component %s: outbound request to %s failed: %s", policy.component, host, error)
+        return None
+    finally:
+        connection.close()
+
+
+def _response(memory: _Memory, handle: int) -> _Response | None:
+    session = _session(memory)
+    return None if session is None else session.responses.get(handle)
+
+
+@_checked
+def _close(memory: _Memory, handle: int) -> int:
+    session = _session(memory)
+    if session is None or session.responses.pop(handle, None) is None:
+        return _INVALID_HANDLE
+    return _SUCCESS
+
+
+@_checked
+def _header_get(
+    memory: _Memory,
+    handle: int,
+    name_at: int,
+    name_length: int,
+    value_at: int,
+    value_length: int,
+    written_at: int,
+) -> int:
+    response = _response(memory, handle)
+    if response is None:
+        return _INVALID_HANDLE
+    name = memory.text(name_at, name_length).lower()
+    value = next((v for n, v in response.headers if n == name), None)
+    if value is None:
+        return _HEADER_NOT_FOUND
+    return _write_out(memory, value.encode("latin-1"), value_at, value_length, written_at)
+
+
+@_checked
+def _headers_get_all(
+    memory: _Memory, handle: int, buffer_at: int, buffer_length: int, written_at: int
+) -> int:
+    response = _response(memory, handle)
+    if response is None:
+        return _INVALID_HANDLE
+    text = "".join(f"{name}:{value}\n" for name, value in response.headers)
+    return _write_out(memory, text.encode("latin-1"), buffer_at, buffer_length, written_at)
+
+
+def _write_out(memory: _Memory, data: bytes, at: int, length: int, written_at: int) -> int:
+    if len(data) > length:
+        return _BUFFER_TOO_SMALL
+    memory.write(at, data)
+    memory.write_u32(written_at, len(data))
+    return _SUCCESS
+
+
+@_checked
+def _body_read(
+    memory: _Memory, handle: int, buffer_at: int, buffer_length: int, written_at: int
+) -> int:
+    response = _response(memory, handle)
+    if response is None:
+        return _INVALID_HANDLE
+    chunk = response.body[response.read : response.read + buffer_length]
+    memory.write(buffer_at, chunk)
+    memory.write_u32(written_at, len(chunk))
+    response.read += len(chunk)
+    return _SUCCESS

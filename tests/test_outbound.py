@@ -1,0 +1,132 @@
+"""Outbound HTTP (`wasi_experimental_http`): to allowed hosts only, within the deadline."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import get, wait_for_log
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    """Echoes what it got: the method, the path, the Host, the body; x-test as X-Echo."""
+
+    def _answer(self) -> None:
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/slow":
+            threading.Event().wait(5)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        text = f"{self.command} {self.path} {self.headers['Host']} {body.decode()}".encode()
+        self.send_response(200)
+        self.send_header("X-Echo", self.headers.get("x-test", "none"))
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def app(tmp_path: Path, c_guest, allowed: str, extra: str = "") -> Path:
+    (tmp_path / "fetch.wasm").write_bytes(c_guest("fetch").read_bytes())
+    (tmp_path / "modules.toml").write_text(
+        f'[[module]]\nroute = "/fetch"\nmodule = "fetch.wasm"\nallowed_hosts = [{allowed}]\n{extra}'
+    )
+    return tmp_path / "modules.toml"
+
+
+def test_a_guest_fetches_from_an_allowed_host(serve, tmp_path, c_guest, upstream):
+    server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"')))
+    lines = get(server, f"/fetch?http://127.0.0.1:{upstream}/hello?q=1").text.splitlines()
+    assert lines == [
+        "status 200",
+        "x-echo 0 yes",
+        "small buffer 4",  # BUFFER_TOO_SMALL
+        "missing 5",  # HEADER_NOT_FOUND
+        "all headers 0 has x-echo",
+        f"body GET /hello?q=1 127.0.0.1:{upstream} ",  # the Host it was allowed for
+        "close 0 1",  # then INVALID_HANDLE
+    ]
+    posted = httpx.post(
+        f"{server.url}/fetch?http://127.0.0.1:{upstream}/p", content=b"a body", timeout=10
+    )
+    assert f"body POST /p 127.0.0.1:{upstream} a body" in posted.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{other}/",  # another port
+        "https://127.0.0.1:{port}/",  # another scheme
+        "http://localhost:{port}/",  # another name for the same host
+    ],
+)
+def test_a_destination_not_allowed_is_refused(serve, tmp_path, c_guest, upstream, url):
+    server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"')))
+    target = url.format(port=upstream, other=upstream + 1)
+    assert get(server, f"/fetch?{target}").text == "error 7\n"  # DESTINATION_NOT_ALLOWED
+    assert f"outbound request to {target} refused" in wait_for_log(server, "refused")
+
+
+def test_no_host_is_allowed_by_default(serve, tmp_path, c_guest, upstream):
+    server = serve("-c", str(app(tmp_path, c_guest, "")))
+    assert "no host is allowed" in wait_for_log(server, "no host is allowed")
+    assert get(server, f"/fetch?http://127.0.0.1:{upstream}/").text == "error 7\n"
+
+
+@pytest.mark.parametrize(("most", "second"), [("1", "second 13 0"), ("2", "second 0 200")])
+def test_http_max_concurrency_bounds_the_open_responses(
+    serve, tmp_path, c_guest, upstream, most, second
+):
+    extra = f'http_max_concurrency = {most}\nenvironment = {{ TWICE = "1" }}\n'
+    server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"', extra)))
+    lines = get(server, f"/fetch?http://127.0.0.1:{upstream}/").text.splitlines()
+    assert lines[:2] == ["status 200", second]  # 13: TOO_MANY_SESSIONS
+
+
+def test_redirects_are_not_followed(serve, tmp_path, c_guest, upstream):
+    server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"')))
+    text = get(server, f"/fetch?http://127.0.0.1:{upstream}/redirect").text
+    assert text.startswith("status 302\n")
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/", "http:///nohost"])
+def test_a_bad_url_is_refused(serve, tmp_path, c_guest, upstream, url):
+    server = serve("-c", str(app(tmp_path, c_guest, '"insecure:allow-all"')))
+    assert get(server, f"/fetch?{url}").text == "error 10\n"  # INVALID_URL
+
+
+def test_a_request_ends_at_the_guests_deadline(serve, tmp_path, c_guest, upstream):
+    manifest = app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"', 'request_timeout = "1s"\n')
+    server = serve("-c", str(manifest))
+    response = get(server, f"/fetch?http://127.0.0.1:{upstream}/slow")
+    assert response.status_code == 504
+    assert response.elapsed.total_seconds() < 4
+
+
+def test_an_unreachable_host_is_a_request_error(serve, tmp_path, c_guest):
+    server = serve("-c", str(app(tmp_path, c_guest, '"http://127.0.0.1:9"')))
+    assert get(server, "/fetch?http://127.0.0.1:9/").text == "error 11\n"  # REQUEST_ERROR
