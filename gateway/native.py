@@ -33,6 +33,7 @@ from ctypes import (
     c_void_p,
 )
 
+import wasmtime
 from wasmtime import _ffi as ffi
 
 LIBRARY = str(ffi.filename)
@@ -161,6 +162,21 @@ def use_pooling_allocator(config_address: int, **settings: int) -> None:
         _pooling_use(config_address, pooling)
     finally:
         _pooling_delete(pooling)
+
+
+def define_i32_function(
+    linker: object, module: bytes, name: bytes, arguments: int, callback: object
+) -> None:
+    """Define (or, if the linker allows shadowing, replace) `module::name` in a
+    wasmtime-py Linker as a HostCallback: `arguments` i32 values in, one i32 out."""
+    i32 = wasmtime.ValType.i32()
+    signature = wasmtime.FuncType([i32] * arguments, [i32])
+    error = wasmtime_linker_define_func_unchecked(
+        address(linker), module, len(module), name, len(name), address(signature), callback,
+        None, None,
+    )  # fmt: skip
+    if error:
+        raise RuntimeError(f"cannot define {module.decode()}::{name.decode()}: {error_text(error)}")
 
 
 def address(managed: object) -> int:

@@ -86,7 +86,6 @@ class _Stop(Exception):
 
 def install(linker: wasmtime.Linker) -> None:
     """Define the `wasi_experimental_http` functions in `linker`."""
-    i32 = wasmtime.ValType.i32()
     functions = [
         (b"req", _req, 10),
         (b"close", _close, 1),
@@ -95,22 +94,8 @@ def install(linker: wasmtime.Linker) -> None:
         (b"header_get_all", _headers_get_all, 4),  # the name in some versions of the SDK
         (b"body_read", _body_read, 4),
     ]
-    module = MODULE.encode()
     for name, callback, arguments in functions:
-        signature = wasmtime.FuncType([i32] * arguments, [i32])
-        error = native.wasmtime_linker_define_func_unchecked(
-            native.address(linker),
-            module,
-            len(module),
-            name,
-            len(name),
-            native.address(signature),
-            callback,
-            None,
-            None,
-        )
-        if error:
-            raise RuntimeError(f"cannot define {name.decode()}: {native.error_text(error)}")
+        native.define_i32_function(linker, MODULE.encode(), name, arguments, callback)
 
 
 def _host_call(function):

@@ -111,23 +111,8 @@ def release(context: int) -> None:
 def install(linker: wasmtime.Linker) -> None:
     """Replace `fd_write` and `poll_oneoff` in a linker that already has WASI defined."""
     linker.allow_shadowing = True
-    i32 = wasmtime.ValType.i32()
-    signature = wasmtime.FuncType([i32, i32, i32, i32], [i32])
-    module = b"wasi_snapshot_preview1"
     for name, callback in ((b"fd_write", _fd_write), (b"poll_oneoff", _poll_oneoff)):
-        error = native.wasmtime_linker_define_func_unchecked(
-            native.address(linker),
-            module,
-            len(module),
-            name,
-            len(name),
-            native.address(signature),
-            callback,
-            None,
-            None,
-        )
-        if error:
-            raise RuntimeError(f"cannot replace {name.decode()}: {native.error_text(error)}")
+        native.define_i32_function(linker, b"wasi_snapshot_preview1", name, 4, callback)
 
 
 @native.HostCallback
