@@ -22,10 +22,13 @@ Every pointer the guest passes is checked against its memory, as in `wasi`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import re
+import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -276,7 +279,17 @@ def _send(
         )
     else:
         connection = http.client.HTTPConnection(host, port, timeout=remaining)
+    # The socket's timeout bounds each wait, not their sum: an upstream that trickles its
+    # answer would outlast the deadline. At the deadline the socket is shut instead.
+    # (The connection lets go of its socket when the response will close it: kept here.)
+    connected: list[socket.socket] = []
+    watchdog = threading.Timer(remaining, _cut_off, (connected,))
+    watchdog.daemon = True
+    watchdog.start()
+    answer: http.client.HTTPResponse | None = None
     try:
+        connection.connect()  # within the socket timeout
+        connected.append(connection.sock)
         connection.putrequest(method, path)  # with the Host it was allowed for
         for name, value in headers:  # repeated ones too
             connection.putheader(name, value)
@@ -295,16 +308,24 @@ def _send(
             return None
         pairs = [(name.lower(), value) for name, value in answer.getheaders()]
         return _Response(answer.status, pairs, data)
-    except TimeoutError:
+    except (OSError, http.client.HTTPException) as error:  # timeouts included
         if time.monotonic() >= output.deadline:
             output.overslept = True
             raise _Stop("stopped: the request's time ran out during an outbound request") from None
-        return None
-    except (OSError, http.client.HTTPException) as error:
         log.info("component %s: outbound request to %s failed: %s", policy.component, host, error)
         return None
     finally:
+        watchdog.cancel()
+        if answer is not None:
+            answer.close()  # it holds the socket once the connection has let go of it
         connection.close()
+
+
+def _cut_off(connected: list[socket.socket]) -> None:
+    """End a request at its deadline: a read waiting on its socket returns at once."""
+    for sock in connected:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _response(memory: _Memory, handle: int) -> _Response | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,29 @@ from conftest import get, wait_for_log
 class Upstream(http.server.BaseHTTPRequestHandler):
     """Echoes what it got: the method, the path, the Host, the body; x-test as X-Echo."""
 
+    trickles: queue.SimpleQueue = queue.SimpleQueue()  # how each /trickle ended, and when
+
     def _answer(self) -> None:
         if self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "http://169.254.169.254/")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if self.path == "/trickle":  # a byte at a time, each well within a socket timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            started = time.monotonic()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    threading.Event().wait(0.3)
+            except OSError:
+                self.trickles.put(("cut", time.monotonic() - started))
+                return
+            self.trickles.put(("done", time.monotonic() - started))
             return
         if self.path == "/slow":
             threading.Event().wait(5)
@@ -125,6 +144,19 @@ def test_a_request_ends_at_the_guests_deadline(serve, tmp_path, c_guest, upstrea
     response = get(server, f"/fetch?http://127.0.0.1:{upstream}/slow")
     assert response.status_code == 504
     assert response.elapsed.total_seconds() < 4
+
+
+def test_an_upstream_that_trickles_its_answer_is_cut_off_at_the_deadline(
+    serve, tmp_path, c_guest, upstream
+):
+    manifest = app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"', 'request_timeout = "1s"\n')
+    server = serve("-c", str(manifest))
+    response = get(server, f"/fetch?http://127.0.0.1:{upstream}/trickle")
+    assert response.status_code == 504
+    # The guest's thread let go of the upstream at the deadline, not after the 12 s the
+    # trickle takes (the client got its 504 at the deadline either way).
+    ended, after = Upstream.trickles.get(timeout=20)
+    assert ended == "cut" and after < 4, (ended, after)
 
 
 def test_an_unreachable_host_is_a_request_error(serve, tmp_path, c_guest):
