@@ -266,7 +266,10 @@ def _import_fix(namespaces: set[str]) -> str:
             "self-contained WASI command (e.g. `-target wasm32-wasi`; with Emscripten, "
             "`-sSTANDALONE_WASM`), and link with `-Wl,--no-undefined` to find them"
         )
-    return "a WAGI module may import only WASI preview 1 functions"
+    return (
+        "a WAGI module may import only WASI preview 1 functions and WAGI's outbound HTTP "
+        "(`wasi_experimental_http`: req, header_get, headers_get_all, body_read, close)"
+    )
 
 
 def _entrypoint_problems(manifest: Manifest, programs: dict[str, Program]) -> list[Problem]:

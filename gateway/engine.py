@@ -658,6 +658,7 @@ class GuestCall:
             self._failure,
             self._message,
         )
+        output.outbound = None  # its responses' bodies, which can be large
         self._instance.close()
         return outcome
 

@@ -170,6 +170,8 @@ class Executor:
             # If the loop has closed, nobody is waiting for this answer any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
+            # Hold nothing of this call while waiting for the next one.
+            del item, call, outcome
             with self._idle_lock:
                 if self._waiting:
                     self._waiting -= 1  # this thread takes one of them next

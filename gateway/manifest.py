@@ -76,7 +76,7 @@ class AllowedHost:
         if self.scheme not in ("*", scheme):
             return False
         if self.host.startswith("*."):
-            if not host.endswith(self.host[1:]):
+            if not host.endswith(self.host[1:]) or ":" in host:  # not an IPv6 literal
                 return False
         elif self.host not in ("*", host):
             return False

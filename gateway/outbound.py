@@ -14,8 +14,8 @@ modules built with its SDKs import them. They are provided here, within limits:
   runs on a worker thread (as one that sleeps does), since a guest waiting in a host call
   cannot be interrupted; the socket's timeout ends the wait at the deadline, and the
   guest is then stopped as timed out.
-- A response body is read whole, up to the component's output limit; a guest may hold
-  `http_max_concurrency` responses open at once (WAGI's key; default 32).
+- A response body is read whole; the responses a guest holds open (at most
+  `http_max_concurrency`, WAGI's key, default 32) share the component's output limit.
 
 Every pointer the guest passes is checked against its memory, as in `wasi`.
 """
@@ -49,7 +49,7 @@ _BUFFER_TOO_SMALL, _HEADER_NOT_FOUND, _UTF8_ERROR, _DESTINATION_NOT_ALLOWED = 4,
 _INVALID_METHOD, _INVALID_ENCODING, _INVALID_URL, _REQUEST_ERROR = 8, 9, 10, 11
 _TOO_MANY_SESSIONS = 13
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # used with fullmatch
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Headers the gateway sets itself: the body's length, the connection, and `Host`, which
 # must name the host that was allowed.
@@ -81,6 +81,11 @@ class Session:
     policy: OutboundPolicy
     responses: dict[int, _Response] = field(default_factory=dict)
     next_handle: int = 1
+
+    def room(self) -> int:
+        """Bytes of body it may still take: the open responses share the output limit."""
+        held = sum(len(response.body) for response in self.responses.values())
+        return self.policy.max_response - held
 
 
 class _Stop(Exception):
@@ -193,7 +198,7 @@ def _req(
     body = memory.read(body_at, body_length)
     memory.write(status_at, b"\0\0")  # both in bounds before anything goes out
     memory.write_u32(handle_at, 0)
-    if not _TOKEN.match(method):
+    if not _TOKEN.fullmatch(method):
         return _INVALID_METHOD
     if headers is None:
         return _INVALID_ENCODING
@@ -211,7 +216,7 @@ def _req(
         return _DESTINATION_NOT_ALLOWED
     if len(session.responses) >= session.policy.max_open:
         return _TOO_MANY_SESSIONS
-    response = _send(memory.output, session.policy, scheme, host, port, method, path, headers, body)
+    response = _send(memory.output, session, scheme, host, port, method, path, headers, body)
     if response is None:
         return _REQUEST_ERROR
     handle = session.next_handle
@@ -230,7 +235,11 @@ def _request_headers(text: str) -> list[tuple[str, str]] | None:
             continue
         name, colon, value = line.partition(":")
         value = value.strip(" \t")
-        if not colon or not _TOKEN.match(name) or _BAD_VALUE.search(value):
+        if not colon or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            return None
+        try:
+            value.encode("latin-1")  # what HTTP/1.1 can carry
+        except UnicodeEncodeError:
             return None
         if name.lower() not in _OWN_HEADERS:
             headers.append((name, value))
@@ -247,7 +256,9 @@ def _target(url: str) -> tuple[str, str, int, str] | None:
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.hostname or parts.username is not None:
         return None
-    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+    if not url.isascii() or any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return None  # a guest percent-encodes what else it sends
+    if "%" in parts.hostname:  # an IPv6 zone
         return None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme], path
@@ -255,7 +266,7 @@ def _target(url: str) -> tuple[str, str, int, str] | None:
 
 def _send(
     output: wasi.Output,
-    policy: OutboundPolicy,
+    session: Session,
     scheme: str,
     host: str,
     port: int,
@@ -266,6 +277,8 @@ def _send(
 ) -> _Response | None:
     """Make the request within the guest's deadline; None if it failed."""
     import http.client  # only apps that make requests pay for importing it
+
+    policy, room = session.policy, session.room()
 
     remaining = output.deadline - time.monotonic()
     if remaining <= 0:
@@ -297,10 +310,11 @@ def _send(
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body or None)
         answer = connection.getresponse()
-        data = answer.read(policy.max_response + 1)
-        if len(data) > policy.max_response:
+        data = answer.read(room + 1)
+        if len(data) > room:
             log.warning(
-                "component %s: outbound response from %s over %d bytes: refused",
+                "component %s: outbound response from %s refused: with the responses it "
+                "holds open, over the output limit of %d bytes",
                 policy.component,
                 host,
                 policy.max_response,

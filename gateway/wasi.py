@@ -159,7 +159,8 @@ def memory(caller: int, context: int, output: Output) -> tuple[int, int]:
     export = output.memory
     if export is None:
         export = native.Extern()
-        if not native.wasmtime_caller_export_get(caller, b"memory", 6, byref(export)):
+        found = native.wasmtime_caller_export_get(caller, b"memory", 6, byref(export))
+        if not found or export.kind != native.EXTERN_MEMORY:  # a function named so, say
             return 0, 0
         output.memory = export
     # Read every time: a guest's memory may grow (and move) between calls.

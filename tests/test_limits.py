@@ -57,6 +57,13 @@ GUESTS = {
         (loop $more
           (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
           (br $more))))""",
+    # Exports a function as `memory` (its memory under another name), then writes: the
+    # host must not take the function for a memory (wasmtime aborted the process).
+    "fakememory": f"""
+    (module {WRITE} (memory $m 1) (export "mem" (memory $m))
+      (func $f) (export "memory" (func $f))
+      (func (export "_start")
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))""",
     # Recurses without end.
     "deep": '(module (func $f (export "_start") (call $f)))',
     "exits3": cgi_guest(b"Content-Type: text/plain\n\nbye", exit_code=3),
@@ -81,6 +88,7 @@ EXPECTED = {
     "bigask": (500, "trap: wasm trap: wasm `unreachable` instruction executed, with memory at 20"),
     "flood": (502, "output: the guest wrote more than its limit of 1048576 bytes"),
     "deep": (500, "stack overflow"),
+    "fakememory": (500, "module printed no CGI header block (it printed nothing)"),
     "exits3": (500, "exit: exit status 3"),
     "inject": (502, "header lines ending in both LF and CRLF"),
     "noheader": (500, "module printed no CGI header block"),

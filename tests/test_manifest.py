@@ -483,7 +483,8 @@ def test_a_misspelt_application_tool_wagi_key_is_an_error(app: Path):
         (
             "*://*.example.com:*",
             ["http://a.example.com:1", "https://b.a.example.com:443"],
-            ["https://example.com:443", "https://aexample.com:443"],
+            ["https://example.com:443", "https://aexample.com:443",
+             "http://::1%25.example.com:80"],
         ),
         ("api.example.com", ["http://api.example.com:80", "https://api.example.com:443"], []),
         ("insecure:allow-all", ["http://anything:1", "https://x.y:443"], []),

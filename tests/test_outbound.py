@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import get, wait_for_log
+from gateway import outbound
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -41,6 +42,12 @@ class Upstream(http.server.BaseHTTPRequestHandler):
                 self.trickles.put(("cut", time.monotonic() - started))
                 return
             self.trickles.put(("done", time.monotonic() - started))
+            return
+        if self.path == "/big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(600 << 10))
+            self.end_headers()
+            self.wfile.write(b"b" * (600 << 10))
             return
         if self.path == "/slow":
             threading.Event().wait(5)
@@ -124,6 +131,46 @@ def test_http_max_concurrency_bounds_the_open_responses(
     server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"', extra)))
     lines = get(server, f"/fetch?http://127.0.0.1:{upstream}/").text.splitlines()
     assert lines[:2] == ["status 200", second]  # 13: TOO_MANY_SESSIONS
+
+
+def test_the_open_responses_share_the_output_limit(serve, tmp_path, c_guest, upstream):
+    extra = 'max_output_size = "1M"\nenvironment = { TWICE = "1" }\n'
+    server = serve("-c", str(app(tmp_path, c_guest, f'"http://127.0.0.1:{upstream}"', extra)))
+    lines = get(server, f"/fetch?http://127.0.0.1:{upstream}/big").text.splitlines()
+    assert lines[:2] == ["status 200", "second 11 0"]  # 2 x 600 KiB: REQUEST_ERROR
+    assert "with the responses it holds open, over the output limit" in server.log()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1/caf\u00e9", None),  # not ASCII: a guest percent-encodes it
+        ("http://[::1%25eth0]/", None),  # an IPv6 zone
+        ("http://user@127.0.0.1/", None),
+        ("HTTP://Example.COM:8080/a?b", ("http", "example.com", 8080, "/a?b")),
+        ("https://example.com", ("https", "example.com", 443, "/")),
+    ],
+)
+def test_request_urls_are_checked_before_the_allowlist(url, expected):
+    assert outbound._target(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: 1\nB:2\n\n", [("a", "1"), ("B", "2")]),
+        ("Host: elsewhere\nContent-Length: 9\nx: y", [("x", "y")]),  # the gateway's own
+        ("X-V: \u20ac", None),  # not Latin-1
+        ("X\n: v", None),
+        ("bad name: v", None),
+    ],
+)
+def test_request_headers_are_checked(text, expected):
+    assert outbound._request_headers(text) == expected
+
+
+def test_a_method_is_one_token():
+    assert outbound._TOKEN.fullmatch("GET") and not outbound._TOKEN.fullmatch("GET\n")
 
 
 def test_redirects_are_not_followed(serve, tmp_path, c_guest, upstream):
