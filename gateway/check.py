@@ -76,6 +76,7 @@ def check_app(path: Path, cache_dir: Path | None) -> Report:
     programs, module_problems = _programs(manifest, engine, loaded)
     problems += module_problems
     problems += _entrypoint_problems(manifest, programs)
+    problems += _outbound_problems(manifest, programs)
     routes = len(manifest.triggers)
     if not any(not problem.warning for problem in problems):
         load_problems, routes = _full_load(manifest, engine, loaded)
@@ -289,6 +290,24 @@ def _entrypoint_problems(manifest: Manifest, programs: dict[str, Program]) -> li
                 )
             )
     return problems
+
+
+def _outbound_problems(manifest: Manifest, programs: dict[str, Program]) -> list[Problem]:
+    key = "allowed_hosts" if manifest.kind == "wagi" else "allowed_outbound_hosts"
+    return [
+        Problem(
+            component.origin,
+            f"{component.source.name} makes outbound HTTP requests, but no host is allowed: "
+            "every one will be refused",
+            component.id,
+            f'list the hosts it may reach in `{key}`, e.g. ["https://api.example.com"]',
+            warning=True,
+        )
+        for component in manifest.components.values()
+        if component.id in programs
+        and programs[component.id].makes_requests
+        and not component.allowed_outbound_hosts
+    ]
 
 
 def _entrypoint_fix(manifest: Manifest, trigger: Trigger, program: Program) -> str:

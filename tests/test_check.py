@@ -177,6 +177,26 @@ def test_routes_wagi_would_have_shadowed_by_file_order_are_warnings(tmp_path):
     assert check(manifest) == (0, ["modules.toml: ok: 3 routes, 3 components, 1 module"])
 
 
+def test_a_module_that_makes_requests_with_no_host_allowed_is_a_warning(tmp_path):
+    (tmp_path / "fetch.wat").write_text(
+        '(module (import "wasi_experimental_http" "close" (func (param i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))'
+    )
+    manifest = tmp_path / "modules.toml"
+    manifest.write_text('[[module]]\nroute = "/f"\nmodule = "fetch.wat"\n')
+    status, lines = check(manifest)
+    assert status == 0
+    assert lines[0] == (
+        f"{at(manifest, 'fetch.wat')}: component `fetch`: warning: fetch.wat makes outbound "
+        "HTTP requests, but no host is allowed: every one will be refused; fix: list the "
+        'hosts it may reach in `allowed_hosts`, e.g. ["https://api.example.com"]'
+    )
+    manifest.write_text(
+        '[[module]]\nroute = "/f"\nmodule = "fetch.wat"\nallowed_hosts = ["https://a.example"]\n'
+    )
+    assert check(manifest) == (0, ["modules.toml: ok: 1 route, 1 component, 1 module"])
+
+
 def test_sub_routes_declared_by_routes_are_checked(tmp_path):
     (tmp_path / "routes.wat").write_text(routes_guest(b"/one a\n/two missing\n"))
     (tmp_path / "modules.toml").write_text(
