@@ -280,29 +280,22 @@ def _send(
 
     policy, room = session.policy, session.room()
 
-    remaining = output.deadline - time.monotonic()
-    if remaining <= 0:
-        output.overslept = True
-        raise _Stop("stopped: the request's time ran out")
-    if scheme == "https":
-        import ssl
-
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, port, timeout=remaining, context=ssl.create_default_context()
-        )
-    else:
-        connection = http.client.HTTPConnection(host, port, timeout=remaining)
+    remaining = _remaining(output)
+    connection_type = (
+        http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_type(host, port, timeout=remaining)
     # The socket's timeout bounds each wait, not their sum: an upstream that trickles its
-    # answer would outlast the deadline. At the deadline the socket is shut instead.
-    # (The connection lets go of its socket when the response will close it: kept here.)
+    # answer (or its TLS handshake) would outlast the deadline. At the deadline the
+    # socket is shut instead. (Each socket is kept here from its start: the connection
+    # lets go of it when the response will close it.)
     connected: list[socket.socket] = []
     watchdog = threading.Timer(remaining, _cut_off, (connected,))
     watchdog.daemon = True
     watchdog.start()
     answer: http.client.HTTPResponse | None = None
     try:
-        connection.connect()  # within the socket timeout
-        connected.append(connection.sock)
+        connection.sock = _connect(output, scheme, host, port, connected)
         connection.putrequest(method, path)  # with the Host it was allowed for
         for name, value in headers:  # repeated ones too
             connection.putheader(name, value)
@@ -333,6 +326,39 @@ def _send(
         if answer is not None:
             answer.close()  # it holds the socket once the connection has let go of it
         connection.close()
+
+
+def _remaining(output: wasi.Output) -> float:
+    """Seconds left before the guest's deadline; stops the guest if none are."""
+    remaining = output.deadline - time.monotonic()
+    if remaining <= 0:
+        output.overslept = True
+        raise _Stop("stopped: the request's time ran out during an outbound request")
+    return remaining
+
+
+def _connect(
+    output: wasi.Output, scheme: str, host: str, port: int, connected: list[socket.socket]
+) -> socket.socket:
+    """A connection to the upstream, each socket in `connected` as soon as it exists, so
+    that the deadline's watchdog can shut it; checked against the deadline after each
+    step (one may end after the watchdog fired)."""
+    sock = socket.create_connection((host, port), timeout=_remaining(output))
+    connected.append(sock)
+    _remaining(output)
+    if scheme != "https":
+        return sock
+    import ssl
+
+    secure = ssl.create_default_context().wrap_socket(
+        sock, server_hostname=host, do_handshake_on_connect=False
+    )
+    connected.append(secure)  # it holds the file descriptor now
+    _remaining(output)
+    secure.settimeout(_remaining(output))
+    secure.do_handshake()
+    _remaining(output)
+    return secure
 
 
 def _cut_off(connected: list[socket.socket]) -> None:
