@@ -85,6 +85,15 @@ class GuestCutOff(Exception):
     """The grace period ended while the request's guest ran: it may have done its work."""
 
 
+class AnswerCutOff(Exception):
+    """The grace period ended while the answer (`status`) was being sent: cut short."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+        self.guest = 0.0  # seconds the guest ran
+
+
 class Gateway:
     """The ASGI application object: the loaded app, its guests' executor, its state."""
 
@@ -367,6 +376,11 @@ class Gateway:
             self._unless_grace_over(stopped)
             status, sent = await self._stopped(send, request_id, handler, stopped)
             guest = 0.0
+        except AnswerCutOff as cut:
+            self._unless_grace_over(cut)
+            status, sent, guest = cut.status, 0, cut.guest  # how much went out is not known
+            detail = _STOPPED + " while sending the answer: the client got it cut short"
+            _log_answer(logging.WARNING, request_id, status, handler, detail)
         self._record(request_id, scope, handler, status, sent, started, guest)
 
     def _unless_grace_over(self, stopped: BaseException) -> None:
@@ -465,7 +479,11 @@ class Gateway:
         finally:
             component.admission.leave()
         self.metrics.guest(component.id, outcome.seconds)
-        status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
+        try:
+            status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
+        except AnswerCutOff as cut:
+            cut.guest = outcome.seconds
+            raise
         return status, sent, outcome.seconds
 
     async def _admit(
@@ -535,12 +553,20 @@ class Gateway:
             reason = f"{outcome.failure}: {outcome.error}"
             _log_answer(logging.ERROR, request_id, status, handler, reason)
             retry = outcome.failure == Failure.BUSY
-            return status, await _respond(send, request_id, status, retry=retry)
+            try:
+                return status, await _respond(send, request_id, status, retry=retry)
+            except asyncio.CancelledError:
+                self._cut_short(status)
+                raise
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
             _log_answer(logging.ERROR, request_id, error.status, handler, error.reason)
-            return error.status, await _respond(send, request_id, error.status)
+            try:
+                return error.status, await _respond(send, request_id, error.status)
+            except asyncio.CancelledError:
+                self._cut_short(error.status)
+                raise
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
         body = response.body
         if response.status in (204, 304):
@@ -549,9 +575,20 @@ class Gateway:
             headers.append((b"content-length", str(len(body)).encode()))
         if method == "HEAD":
             body = b""
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:
+            self._cut_short(response.status)
+            raise
         return response.status, len(body)
+
+    def _cut_short(self, status: int) -> None:
+        """Raise AnswerCutOff if the end of the grace period stopped the answer's send."""
+        if self._grace_over:
+            raise AnswerCutOff(status) from None
 
 
 def _access_line(

@@ -127,6 +127,41 @@ def test_the_grace_period_bounds_the_wait(serve, tmp_path):
     assert "panicked" not in log
 
 
+# Prints its header block, then 320 chunks of 64 KiB (20 MiB) of the memory after it.
+BIG = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 64) "Content-Type: text/plain\\n\\n")
+  (func (export "_start") (local $n i32)
+    (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 26))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 65536)) (i32.store (i32.const 4) (i32.const 65536))
+    (local.set $n (i32.const 320))
+    (loop $more
+      (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br_if $more (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))))
+"""
+
+
+def test_an_answer_cut_short_by_the_grace_period_is_logged_as_what_was_sent(serve, tmp_path):
+    (tmp_path / "big.wat").write_text(BIG)
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/big"\nmodule = "big.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"), "--grace-period", "1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # then reads no more
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the answer sending")
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
+    log = server.log()
+    assert "route /big: the gateway stopped while sending the answer" in log
+    assert re.search(r"GET /big 200 0B big [\d.]+ms \(guest [1-9][\d.]*ms\)", log), log
+    assert "503" not in log and "Traceback" not in log
+
+
 def test_the_grace_period_ends_an_http2_body_that_is_still_arriving(serve, tmp_path):
     # hypercorn's own cancellation of such a request never finished: the process hung.
     import h2.config
