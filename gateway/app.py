@@ -26,7 +26,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from . import cgi, metrics
-from .config import MAX_HEAD_SIZE, Settings
+from .config import GRACE_ANSWER_SECONDS, MAX_HEAD_SIZE, Settings
 from .engine import Failure, Invocation, Outcome
 from .executor import Executor
 from .loader import ComponentRuntime, Handler, LoadedApp
@@ -306,7 +306,8 @@ class Gateway:
         except (asyncio.CancelledError, GuestCutOff) as stopped:
             self._unless_grace_over(stopped)  # a routed request was answered in `_route`
             with contextlib.suppress(Exception):  # unless a response already started
-                await self._turn_away(send, scope, head, 503, _STOPPED, close=True)
+                async with asyncio.timeout(GRACE_ANSWER_SECONDS):
+                    await self._turn_away(send, scope, head, 503, _STOPPED, close=True)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
@@ -405,7 +406,8 @@ class Gateway:
         detail = _STOPPED + (" while the guest ran" if cut_off else "")
         _log_answer(logging.WARNING, request_id, status, handler, detail)
         with contextlib.suppress(Exception):  # unless a response already started
-            return status, await _respond(send, request_id, status, detail, close=True)
+            async with asyncio.timeout(GRACE_ANSWER_SECONDS):
+                return status, await _respond(send, request_id, status, detail, close=True)
         return status, 0
 
     async def _turn_away(

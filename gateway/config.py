@@ -17,6 +17,13 @@ from pathlib import Path
 # The request line and headers together may not exceed this (431 beyond).
 MAX_HEAD_SIZE = 16 * 1024
 
+# Seconds hypercorn waits for connections after the grace period has ended requests.
+GRACE_BACKSTOP = 2.0
+# Seconds the answer to a request the grace period ended may wait for its client (HTTP/2
+# flow control can hold it): it must be over before the backstop, whose cancellation
+# hypercorn 0.18 does not survive while a request is still sending.
+GRACE_ANSWER_SECONDS = GRACE_BACKSTOP / 2
+
 
 class ConfigError(Exception):
     """A setting given on the command line or in an env file is not valid."""

@@ -32,7 +32,7 @@ from hypercorn.utils import LifespanFailureError
 
 from . import http2
 from .app import Gateway
-from .config import MAX_HEAD_SIZE, ConfigError, Settings
+from .config import GRACE_BACKSTOP, MAX_HEAD_SIZE, ConfigError, Settings
 from .engine import Engine, LoadError
 from .executor import Executor
 from .loader import LoadedApp, check_routes, load_app
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
     import wasmtime
 
 log = logging.getLogger("wagi")
-
-# Seconds hypercorn waits for connections after the grace period has ended requests.
-GRACE_BACKSTOP = 2.0
 
 
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:

@@ -10,9 +10,8 @@ import yaml
 
 from conftest import ROOT
 from gateway.cli import _parser, settings_from_args
-from gateway.config import Settings
+from gateway.config import GRACE_BACKSTOP, Settings
 from gateway.manifest import load_manifest
-from gateway.server import GRACE_BACKSTOP
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"

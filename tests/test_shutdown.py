@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cgi_guest, scrape, sleeper, wait_for_log, wait_until, workers_of
+from conftest import SPIN, cgi_guest, scrape, sleeper, wait_for_log, wait_until, workers_of
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.engine import Engine
@@ -160,6 +160,35 @@ def test_an_answer_cut_short_by_the_grace_period_is_logged_as_what_was_sent(serv
     assert "route /big: the gateway stopped while sending the answer" in log
     assert re.search(r"GET /big 200 0B big [\d.]+ms \(guest [1-9][\d.]*ms\)", log), log
     assert "503" not in log and "Traceback" not in log
+
+
+def test_an_http2_answer_that_flow_control_holds_does_not_outlast_the_backstop(serve, tmp_path):
+    # The 504's body waited for a window the client never opened; hypercorn's backstop
+    # then cancelled it mid-send and the process exited 1 with a traceback.
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    (tmp_path / "spin.wat").write_text(SPIN)
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/spin"\nmodule = "spin.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"), "--grace-period", "1")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    request = [(":method", "GET"), (":path", "/spin"), (":scheme", "http"),
+               (":authority", f"127.0.0.1:{server.port}")]  # fmt: skip
+    connection.send_headers(1, request, end_stream=True)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the request")
+        server.process.send_signal(signal.SIGTERM)
+        while data := sock.recv(65536):
+            connection.receive_data(data)
+            sock.sendall(connection.data_to_send())
+    assert server.process.wait(timeout=20) == 0
+    log = server.log()
+    assert re.search(r"GET /spin 504 \d+B spin", log), log
+    assert "Traceback" not in log
 
 
 def test_the_grace_period_ends_an_http2_body_that_is_still_arriving(serve, tmp_path):
