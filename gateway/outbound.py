@@ -343,7 +343,7 @@ def _connect(
     """A connection to the upstream, each socket in `connected` as soon as it exists, so
     that the deadline's watchdog can shut it; checked against the deadline after each
     step (one may end after the watchdog fired)."""
-    sock = socket.create_connection((host, port), timeout=_remaining(output))
+    sock = _open(output, _resolve(output, host, port))
     connected.append(sock)
     _remaining(output)
     if scheme != "https":
@@ -359,6 +359,42 @@ def _connect(
     secure.do_handshake()
     _remaining(output)
     return secure
+
+
+def _open(output: wasi.Output, addresses: list[tuple[str, int]]) -> socket.socket:
+    """A TCP connection to the first of `addresses` that answers, within the deadline."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection(address, timeout=_remaining(output))
+        except OSError as error:
+            failure = error
+    raise failure or OSError("no address")
+
+
+def _resolve(output: wasi.Output, host: str, port: int) -> list[tuple[str, int]]:
+    """The addresses of `host`, looked up within the deadline: a lookup cannot be
+    interrupted, so it runs on a thread of its own, which the guest stops waiting for."""
+    found: list[list[tuple[str, int]] | OSError] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            entries = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append([(entry[4][0], entry[4][1]) for entry in entries])
+        except OSError as error:
+            found.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name=f"resolve-{host}", daemon=True).start()
+    if not done.wait(_remaining(output)):
+        _remaining(output)  # stops the guest: its time ran out
+        raise OSError(f"looking up {host} took too long")  # (at the deadline's very edge)
+    result = found[0]
+    if isinstance(result, OSError):
+        raise result
+    return result
 
 
 def _cut_off(connected: list[socket.socket]) -> None:

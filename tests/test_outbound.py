@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import get, wait_for_log
-from gateway import outbound
+from gateway import outbound, testing
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -204,6 +205,26 @@ def test_an_upstream_that_trickles_its_answer_is_cut_off_at_the_deadline(
     # trickle takes (the client got its 504 at the deadline either way).
     ended, after = Upstream.trickles.get(timeout=20)
     assert ended == "cut" and after < 4, (ended, after)
+
+
+def test_a_slow_name_lookup_ends_at_the_guests_deadline(tmp_path, c_guest, monkeypatch):
+    lookup = socket.getaddrinfo
+
+    def slow_lookup(host, *args, **kwargs):
+        if host == "slow.example":
+            time.sleep(5)
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    manifest = app(tmp_path, c_guest, '"http://slow.example"', 'request_timeout = "1s"\n')
+    with testing.wagi_client(manifest, cache_dir=tmp_path / "cache") as client:
+        assert client.get("/fetch?http://slow.example/").status_code == 504
+        # The guest stopped at its deadline (its thread no longer needs ticks), though
+        # the lookup itself goes on for seconds more.
+        started = time.monotonic()
+        while client.gateway.executor.ticker.ticking and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert time.monotonic() - started < 2
 
 
 def test_an_unreachable_host_is_a_request_error(serve, tmp_path, c_guest):
