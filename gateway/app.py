@@ -303,6 +303,8 @@ class Gateway:
                 await self._turn_away(send, scope, head, 400, detail, close=True)
                 return
             await self._handle(scope, receive, send, head)
+        except AnswerCutOff as cut:  # logged where it was cut short
+            self._unless_grace_over(cut)
         except (asyncio.CancelledError, GuestCutOff) as stopped:
             self._unless_grace_over(stopped)  # a routed request was answered in `_route`
             with contextlib.suppress(Exception):  # unless a response already started
@@ -422,10 +424,19 @@ class Gateway:
     ) -> None:
         """Answer a request no guest will see, with an access-log line as for the rest."""
         started = time.perf_counter()
-        sent = await _respond(send, head.request_id, status, detail, retry, close)
-        if access_log.isEnabledFor(logging.INFO):
-            seconds = time.perf_counter() - started
-            _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
+        sent: int | None = None
+        try:
+            sent = await self._sending(
+                status, _respond(send, head.request_id, status, detail, retry, close)
+            )
+        except AnswerCutOff:
+            log.warning("%s: %d: %s while sending the answer", head.request_id, status, _STOPPED)
+            sent = 0  # how much went out is not known
+            raise
+        finally:
+            if sent is not None and access_log.isEnabledFor(logging.INFO):
+                seconds = time.perf_counter() - started
+                _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
 
     def _record(
         self,
@@ -460,11 +471,12 @@ class Gateway:
         limits = component.limits
         if handler.problem is not None:  # found at load: no guest could run
             _log_answer(logging.ERROR, request_id, 500, handler, handler.problem)
-            return 500, await _respond(send, request_id, 500), 0.0
+            return 500, await self._sending(500, _respond(send, request_id, 500)), 0.0
         try:
             body = await self._admit(receive, head, component)
         except Refused as refusal:
-            return refusal.status, await self._refuse(send, request_id, handler, refusal), 0.0
+            refused = self._refuse(send, request_id, handler, refusal)
+            return refusal.status, await self._sending(refusal.status, refused), 0.0
         if body is None:
             return 499, 0, 0.0  # the client went away
         try:
@@ -555,20 +567,16 @@ class Gateway:
             reason = f"{outcome.failure}: {outcome.error}"
             _log_answer(logging.ERROR, request_id, status, handler, reason)
             retry = outcome.failure == Failure.BUSY
-            try:
-                return status, await _respond(send, request_id, status, retry=retry)
-            except asyncio.CancelledError:
-                self._cut_short(status)
-                raise
+            return status, await self._sending(
+                status, _respond(send, request_id, status, retry=retry)
+            )
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
             _log_answer(logging.ERROR, request_id, error.status, handler, error.reason)
-            try:
-                return error.status, await _respond(send, request_id, error.status)
-            except asyncio.CancelledError:
-                self._cut_short(error.status)
-                raise
+            return error.status, await self._sending(
+                error.status, _respond(send, request_id, error.status)
+            )
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
         body = response.body
         if response.status in (204, 304):
@@ -591,6 +599,15 @@ class Gateway:
         """Raise AnswerCutOff if the end of the grace period stopped the answer's send."""
         if self._grace_over:
             raise AnswerCutOff(status) from None
+
+    async def _sending(self, status: int, sending: Awaitable[int]) -> int:
+        """Await an answer's send (bytes sent); its cancellation at the end of the grace
+        period becomes AnswerCutOff."""
+        try:
+            return await sending
+        except asyncio.CancelledError:
+            self._cut_short(status)
+            raise
 
 
 def _access_line(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import re
 import socket
@@ -31,12 +32,16 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import wasmtime
 
 from . import native, wasi
 from .manifest import DEFAULT_PORTS, AllowedHost
+
+if TYPE_CHECKING:
+    import ssl  # imported when a request first needs it: it is slow to import
 
 log = logging.getLogger("wagi.outbound")
 
@@ -281,10 +286,12 @@ def _send(
     policy, room = session.policy, session.room()
 
     remaining = _remaining(output)
-    connection_type = (
-        http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_type(host, port, timeout=remaining)
+    if scheme == "https":  # (the socket comes from `_connect`; the context only fills a slot)
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=remaining, context=_tls_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=remaining)
     # The socket's timeout bounds each wait, not their sum: an upstream that trickles its
     # answer (or its TLS handshake) would outlast the deadline. At the deadline the
     # socket is shut instead. (Each socket is kept here from its start: the connection
@@ -315,10 +322,14 @@ def _send(
             return None
         pairs = [(name.lower(), value) for name, value in answer.getheaders()]
         return _Response(answer.status, pairs, data)
-    except (OSError, http.client.HTTPException) as error:  # timeouts included
+    except (OSError, http.client.HTTPException, ValueError, AttributeError) as error:
+        # Timeouts included; the last two can come from a TLS socket the watchdog shut
+        # in the middle of a call, so they are only the request's failure at the deadline.
         if time.monotonic() >= output.deadline:
             output.overslept = True
             raise _Stop("stopped: the request's time ran out during an outbound request") from None
+        if not isinstance(error, OSError | http.client.HTTPException):  # (TLS errors are)
+            raise  # a bug of ours: the guest traps, and the log says so
         log.info("component %s: outbound request to %s failed: %s", policy.component, host, error)
         return None
     finally:
@@ -348,11 +359,7 @@ def _connect(
     _remaining(output)
     if scheme != "https":
         return sock
-    import ssl
-
-    secure = ssl.create_default_context().wrap_socket(
-        sock, server_hostname=host, do_handshake_on_connect=False
-    )
+    secure = _tls_context().wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     connected.append(secure)  # it holds the file descriptor now
     _remaining(output)
     secure.settimeout(_remaining(output))
@@ -395,6 +402,15 @@ def _resolve(output: wasi.Output, host: str, port: int) -> list[tuple[str, int]]
     if isinstance(result, OSError):
         raise result
     return result
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The TLS settings of every request: certificates checked against the system's
+    authorities. Made once: loading them takes tens of milliseconds."""
+    import ssl
+
+    return ssl.create_default_context()
 
 
 def _cut_off(connected: list[socket.socket]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from conftest import get, wait_for_log
 from gateway import outbound, testing
@@ -101,6 +103,28 @@ def test_a_guest_fetches_from_an_allowed_host(serve, tmp_path, c_guest, upstream
         f"{server.url}/fetch?http://127.0.0.1:{upstream}/p", content=b"a body", timeout=10
     )
     assert f"body POST /p 127.0.0.1:{upstream} a body" in posted.text
+
+
+def test_https_upstreams_are_verified_and_served(serve, tmp_path, c_guest):
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certificate.configure_cert(server_side)
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    upstream.socket = server_side.wrap_socket(upstream.socket, server_side=True)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.server_address[1]
+    authorities = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(authorities))
+    try:
+        manifest = app(tmp_path, c_guest, f'"https://localhost:{port}"')
+        trusted = serve("-c", str(manifest), env={"SSL_CERT_FILE": str(authorities)})
+        lines = get(trusted, f"/fetch?https://localhost:{port}/tls").text.splitlines()
+        assert lines[0] == "status 200" and lines[5] == f"body GET /tls localhost:{port} "
+        untrusted = serve("-c", str(manifest))  # the system's authorities only
+        assert get(untrusted, f"/fetch?https://localhost:{port}/tls").text == "error 11\n"
+    finally:
+        upstream.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -191,6 +191,41 @@ def test_an_http2_answer_that_flow_control_holds_does_not_outlast_the_backstop(s
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "component"),
+    [("POST", "/hello", 413, "hello"), ("GET", "/nowhere", 404, "-")],
+)
+def test_a_refusal_cut_short_by_the_grace_period_is_logged_as_what_was_sent(
+    serve, tmp_path, method, path, status, component
+):
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    server = serve("-c", str(app_folder(tmp_path, 1)), "--grace-period", "1",
+                   "--max-body-size", "10")  # fmt: skip
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    request = [(":method", method), (":path", path), (":scheme", "http"),
+               (":authority", f"127.0.0.1:{server.port}")]  # fmt: skip
+    connection.send_headers(1, request, end_stream=method == "GET")
+    if method == "POST":
+        connection.send_data(1, b"x" * 100, end_stream=True)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(connection.data_to_send())
+        time.sleep(0.5)  # the answer's body now waits for a window
+        server.process.send_signal(signal.SIGTERM)
+        while data := sock.recv(65536):
+            connection.receive_data(data)
+            sock.sendall(connection.data_to_send())
+    assert server.process.wait(timeout=20) == 0
+    log = server.log()
+    assert f": {status}" in log and "while sending the answer" in log, log
+    assert re.search(rf"{method} {path} {status} 0B {re.escape(component)} ", log), log
+    assert "503" not in log and "Traceback" not in log
+
+
 def test_the_grace_period_ends_an_http2_body_that_is_still_arriving(serve, tmp_path):
     # hypercorn's own cancellation of such a request never finished: the process hung.
     import h2.config
