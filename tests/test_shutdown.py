@@ -162,31 +162,43 @@ def test_an_answer_cut_short_by_the_grace_period_is_logged_as_what_was_sent(serv
     assert "503" not in log and "Traceback" not in log
 
 
-def test_an_http2_answer_that_flow_control_holds_does_not_outlast_the_backstop(serve, tmp_path):
-    # The 504's body waited for a window the client never opened; hypercorn's backstop
-    # then cancelled it mid-send and the process exited 1 with a traceback.
+def stop_with_a_closed_window(server, method: str, path: str, body: bytes, wait) -> str:
+    """Send one HTTP/2 request from a client that opens no flow-control window, call
+    `wait()`, stop the server with SIGTERM and read until it closes; its log."""
     import h2.config
     import h2.connection
     import h2.settings
 
-    (tmp_path / "spin.wat").write_text(SPIN)
-    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/spin"\nmodule = "spin.wat"\n')
-    server = serve("-c", str(tmp_path / "modules.toml"), "--grace-period", "1")
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
     connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    request = [(":method", "GET"), (":path", "/spin"), (":scheme", "http"),
+    request = [(":method", method), (":path", path), (":scheme", "http"),
                (":authority", f"127.0.0.1:{server.port}")]  # fmt: skip
-    connection.send_headers(1, request, end_stream=True)
+    connection.send_headers(1, request, end_stream=not body)
+    if body:
+        connection.send_data(1, body, end_stream=True)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(connection.data_to_send())
-        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the request")
+        wait()
         server.process.send_signal(signal.SIGTERM)
         while data := sock.recv(65536):
             connection.receive_data(data)
             sock.sendall(connection.data_to_send())
     assert server.process.wait(timeout=20) == 0
-    log = server.log()
+    return server.log()
+
+
+def test_an_http2_answer_that_flow_control_holds_does_not_outlast_the_backstop(serve, tmp_path):
+    # The 504's body waited for a window the client never opened; hypercorn's backstop
+    # then cancelled it mid-send and the process exited 1 with a traceback.
+    (tmp_path / "spin.wat").write_text(SPIN)
+    (tmp_path / "modules.toml").write_text('[[module]]\nroute = "/spin"\nmodule = "spin.wat"\n')
+    server = serve("-c", str(tmp_path / "modules.toml"), "--grace-period", "1")
+
+    def in_flight() -> None:
+        wait_until(lambda: scrape(server, "wagi_requests_in_flight") == 1, "the request")
+
+    log = stop_with_a_closed_window(server, "GET", "/spin", b"", in_flight)
     assert re.search(r"GET /spin 504 \d+B spin", log), log
     assert "Traceback" not in log
 
@@ -198,29 +210,10 @@ def test_an_http2_answer_that_flow_control_holds_does_not_outlast_the_backstop(s
 def test_a_refusal_cut_short_by_the_grace_period_is_logged_as_what_was_sent(
     serve, tmp_path, method, path, status, component
 ):
-    import h2.config
-    import h2.connection
-    import h2.settings
-
     server = serve("-c", str(app_folder(tmp_path, 1)), "--grace-period", "1",
                    "--max-body-size", "10")  # fmt: skip
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    connection.initiate_connection()
-    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    request = [(":method", method), (":path", path), (":scheme", "http"),
-               (":authority", f"127.0.0.1:{server.port}")]  # fmt: skip
-    connection.send_headers(1, request, end_stream=method == "GET")
-    if method == "POST":
-        connection.send_data(1, b"x" * 100, end_stream=True)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(connection.data_to_send())
-        time.sleep(0.5)  # the answer's body now waits for a window
-        server.process.send_signal(signal.SIGTERM)
-        while data := sock.recv(65536):
-            connection.receive_data(data)
-            sock.sendall(connection.data_to_send())
-    assert server.process.wait(timeout=20) == 0
-    log = server.log()
+    body = b"x" * 100 if method == "POST" else b""
+    log = stop_with_a_closed_window(server, method, path, body, lambda: time.sleep(0.5))
     assert f": {status}" in log and "while sending the answer" in log, log
     assert re.search(rf"{method} {path} {status} 0B {re.escape(component)} ", log), log
     assert "503" not in log and "Traceback" not in log
