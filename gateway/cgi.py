@@ -12,7 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from .config import parse_port
+from .config import DEFAULT_PORTS, parse_port
 from .manifest import DEFAULT_ARGV
 from .routing import Match
 
@@ -37,7 +37,6 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         b"content-length",
     }
 )
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(slots=True)

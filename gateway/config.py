@@ -17,6 +17,9 @@ from pathlib import Path
 # The request line and headers together may not exceed this (431 beyond).
 MAX_HEAD_SIZE = 16 * 1024
 
+# The port a URL's scheme implies.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 # Seconds hypercorn waits for connections after the grace period has ended requests.
 GRACE_BACKSTOP = 2.0
 # Seconds the answer to a request the grace period ended may wait for its client (HTTP/2

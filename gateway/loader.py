@@ -172,7 +172,7 @@ def load_app(
 
     Modules whose digest is in `known` (a previous version's, say) are reused as they are.
     """
-    check_routes(manifest)
+    patterns = check_routes(manifest)
     pool_sizes = _pool_sizes(manifest, settings)
     _check_capacity(manifest, settings, sum(pool_sizes.values()))
     environment = settings.global_environment()
@@ -184,7 +184,17 @@ def load_app(
             components[component.id] = _prepare(
                 component, pool_sizes[component.id], settings, engine, modules, known, environment
             )
-        handlers = [_handler(trigger, components, manifest.base) for trigger in manifest.triggers]
+        handlers = [
+            make_handler(
+                components[trigger.component],
+                pattern,
+                trigger.entrypoint,
+                trigger.argv,
+                manifest.base,
+                trigger.origin,
+            )
+            for trigger, pattern in zip(manifest.triggers, patterns, strict=True)
+        ]
         if manifest.kind == "wagi":
             handlers = _expand_wagi_routes(handlers)
         routes = _route_table(handlers)
@@ -337,16 +347,18 @@ def _load_module(
     return loaded
 
 
-def check_routes(manifest: Manifest) -> None:
-    """Refuse a manifest whose routes are malformed or clash: cheap, so it can come before
-    the server listens and before any module is compiled."""
+def check_routes(manifest: Manifest) -> list[RoutePattern]:
+    """The manifest's routes, parsed, in its order; refuses one that is malformed or
+    clashes. Cheap, so it can come before the server listens and before any compiling."""
+    patterns = [_pattern(trigger) for trigger in manifest.triggers]
     try:
-        RouteTable([Route(_pattern(trigger), trigger) for trigger in manifest.triggers])
+        RouteTable([Route(p, t) for p, t in zip(patterns, manifest.triggers, strict=True)])
     except RouteClash as clash:
         first, second = clash.existing.target, clash.duplicate.target
         raise _clash_error(
             second.route, second.origin, first.route, first.component, first.origin
         ) from None
+    return patterns
 
 
 def _pattern(trigger: Trigger) -> RoutePattern:
@@ -364,17 +376,6 @@ def _clash_error(
         "",
         f"route {route} clashes with route {other_route} of component `{other_component}` "
         f"({other_origin}): both match the same paths; fix: give one of them another route",
-    )
-
-
-def _handler(trigger: Trigger, components: dict[str, ComponentRuntime], base: str) -> Handler:
-    return make_handler(
-        components[trigger.component],
-        _pattern(trigger),
-        trigger.entrypoint,
-        trigger.argv,
-        base,
-        trigger.origin,
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LIMIT_NAMES, ConfigError, parse_limit
+from .config import DEFAULT_PORTS, LIMIT_NAMES, ConfigError, parse_limit
 from .tomlkeys import KeyLines, KeyPath
 
 DEFAULT_ARGV = "${SCRIPT_NAME} ${ARGS}"
@@ -85,7 +85,6 @@ class AllowedHost:
         return port == (DEFAULT_PORTS[scheme] if self.port is None else self.port)
 
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # WAGI's and Spin 1's way of allowing every destination.
 ALLOW_ALL = "insecure:allow-all"
 

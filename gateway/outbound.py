@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 import wasmtime
 
 from . import native, wasi
-from .manifest import DEFAULT_PORTS, AllowedHost
+from .config import DEFAULT_PORTS
+from .manifest import AllowedHost
 
 if TYPE_CHECKING:
     import ssl  # imported when a request first needs it: it is slow to import
