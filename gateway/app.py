@@ -85,13 +85,25 @@ class GuestCutOff(Exception):
     """The grace period ended while the request's guest ran: it may have done its work."""
 
 
-class AnswerCutOff(Exception):
-    """The grace period ended while the answer (`status`) was being sent: cut short."""
+class _Answer:
+    """A request's `send`, noting what of the answer went out, for the end of the grace
+    period: an answer it cuts short is logged as what was being sent."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-        self.guest = 0.0  # seconds the guest ran
+    __slots__ = ("guest", "send", "sent", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None  # once the answer has started
+        self.sent = 0  # body bytes the server has taken
+        self.guest = 0.0  # seconds the request's guest ran
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            await self.send(message)
+        else:
+            await self.send(message)
+            self.sent += len(message.get("body", b""))
 
 
 class Gateway:
@@ -279,10 +291,12 @@ class Gateway:
 
     # ---------------------------------------------------------------- requests
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, server_send: Send) -> None:
+        started = time.perf_counter()
         scope = _origin_form(scope)
         head = RequestHead.read(scope)
         request_id = head.request_id
+        send = _Answer(server_send)
         task = asyncio.current_task()
         self._requests.add(task)
         try:
@@ -302,14 +316,10 @@ class Gateway:
                 detail = "both Content-Length and Transfer-Encoding"
                 await self._turn_away(send, scope, head, 400, detail, close=True)
                 return
-            await self._handle(scope, receive, send, head)
-        except AnswerCutOff as cut:  # logged where it was cut short
-            self._unless_grace_over(cut)
-        except (asyncio.CancelledError, GuestCutOff) as stopped:
-            self._unless_grace_over(stopped)  # a routed request was answered in `_route`
-            with contextlib.suppress(Exception):  # unless a response already started
-                async with asyncio.timeout(GRACE_ANSWER_SECONDS):
-                    await self._turn_away(send, scope, head, 503, _STOPPED, close=True)
+            await self._handle(scope, receive, send, head, started)
+        except asyncio.CancelledError as stopped:  # a routed request is seen to in `_route`
+            self._unless_grace_over(stopped)
+            await self._grace_ended(send, scope, head, started, None, stopped)
         except Exception:
             # A bug of ours: log it fully, and answer 500 unless a response already started.
             log.exception("%s: unexpected error handling %s", request_id, scope["path"])
@@ -318,8 +328,9 @@ class Gateway:
         finally:
             self._requests.discard(task)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, head: RequestHead) -> None:
-        started = time.perf_counter()
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: _Answer, head: RequestHead, started: float
+    ) -> None:
         request_id = head.request_id
         path = scope["path"]
         if path in LIVENESS_PATHS:
@@ -353,7 +364,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: Send,
+        send: _Answer,
         head: RequestHead,
         loaded: LoadedApp,
         started: float,
@@ -377,13 +388,8 @@ class Gateway:
             )
         except (asyncio.CancelledError, GuestCutOff) as stopped:
             self._unless_grace_over(stopped)
-            status, sent = await self._stopped(send, request_id, handler, stopped)
-            guest = 0.0
-        except AnswerCutOff as cut:
-            self._unless_grace_over(cut)
-            status, sent, guest = cut.status, 0, cut.guest  # how much went out is not known
-            detail = _STOPPED + " while sending the answer: the client got it cut short"
-            _log_answer(logging.WARNING, request_id, status, handler, detail)
+            await self._grace_ended(send, scope, head, started, handler, stopped)
+            return
         self._record(request_id, scope, handler, status, sent, started, guest)
 
     def _unless_grace_over(self, stopped: BaseException) -> None:
@@ -395,22 +401,38 @@ class Gateway:
         if task is not None and task.uncancel() > 0:  # besides ours: hypercorn's backstop
             raise asyncio.CancelledError from None
 
-    async def _stopped(
-        self, send: Send, request_id: str, handler: Handler, stopped: BaseException
-    ) -> tuple[int, int]:
-        """Answer a routed request the end of the grace period stopped: (status, bytes).
+    async def _grace_ended(
+        self,
+        send: _Answer,
+        scope: Scope,
+        head: RequestHead,
+        started: float,
+        handler: Handler | None,
+        stopped: BaseException,
+    ) -> None:
+        """Answer, log and count a request the end of the grace period stopped.
 
-        A guest cut off may have done its work (504); else the client may safely try
-        again (503).
+        An answer it cut short is logged as what was being sent. Else a guest cut off may
+        have done its work (504), and any other request may safely be tried again (503).
         """
-        cut_off = isinstance(stopped, GuestCutOff)
-        status = 504 if cut_off else 503
-        detail = _STOPPED + (" while the guest ran" if cut_off else "")
-        _log_answer(logging.WARNING, request_id, status, handler, detail)
-        with contextlib.suppress(Exception):  # unless a response already started
-            async with asyncio.timeout(GRACE_ANSWER_SECONDS):
-                return status, await _respond(send, request_id, status, detail, close=True)
-        return status, 0
+        if send.status is not None:
+            status, sent = send.status, send.sent
+            detail = _STOPPED + " while sending the answer: the client got it cut short"
+        else:
+            cut_off = isinstance(stopped, GuestCutOff)
+            status, sent = (504 if cut_off else 503), 0
+            detail = _STOPPED + (" while the guest ran" if cut_off else "")
+            with contextlib.suppress(Exception):  # it may not wait for long, nor fail
+                async with asyncio.timeout(GRACE_ANSWER_SECONDS):
+                    sent = await _respond(send, head.request_id, status, detail, close=True)
+        if handler is None:
+            log.warning("%s: %d: %s", head.request_id, status, detail)
+            if access_log.isEnabledFor(logging.INFO):
+                seconds = time.perf_counter() - started
+                _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
+        else:
+            _log_answer(logging.WARNING, head.request_id, status, handler, detail)
+            self._record(head.request_id, scope, handler, status, sent, started, send.guest)
 
     async def _turn_away(
         self,
@@ -424,19 +446,10 @@ class Gateway:
     ) -> None:
         """Answer a request no guest will see, with an access-log line as for the rest."""
         started = time.perf_counter()
-        sent: int | None = None
-        try:
-            sent = await self._sending(
-                status, _respond(send, head.request_id, status, detail, retry, close)
-            )
-        except AnswerCutOff:
-            log.warning("%s: %d: %s while sending the answer", head.request_id, status, _STOPPED)
-            sent = 0  # how much went out is not known
-            raise
-        finally:
-            if sent is not None and access_log.isEnabledFor(logging.INFO):
-                seconds = time.perf_counter() - started
-                _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
+        sent = await _respond(send, head.request_id, status, detail, retry, close)
+        if access_log.isEnabledFor(logging.INFO):
+            seconds = time.perf_counter() - started
+            _access_line(head.request_id, scope, "-", "", status, sent, seconds, 0.0)
 
     def _record(
         self,
@@ -459,7 +472,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: Send,
+        send: _Answer,
         head: RequestHead,
         request_path: RequestPath,
         match: Match,
@@ -471,12 +484,11 @@ class Gateway:
         limits = component.limits
         if handler.problem is not None:  # found at load: no guest could run
             _log_answer(logging.ERROR, request_id, 500, handler, handler.problem)
-            return 500, await self._sending(500, _respond(send, request_id, 500)), 0.0
+            return 500, await _respond(send, request_id, 500), 0.0
         try:
             body = await self._admit(receive, head, component)
         except Refused as refusal:
-            refused = self._refuse(send, request_id, handler, refusal)
-            return refusal.status, await self._sending(refusal.status, refused), 0.0
+            return refusal.status, await self._refuse(send, request_id, handler, refusal), 0.0
         if body is None:
             return 499, 0, 0.0  # the client went away
         try:
@@ -493,11 +505,8 @@ class Gateway:
         finally:
             component.admission.leave()
         self.metrics.guest(component.id, outcome.seconds)
-        try:
-            status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
-        except AnswerCutOff as cut:
-            cut.guest = outcome.seconds
-            raise
+        send.guest = outcome.seconds
+        status, sent = await self._answer(send, request_id, handler, outcome, scope["method"])
         return status, sent, outcome.seconds
 
     async def _admit(
@@ -567,16 +576,12 @@ class Gateway:
             reason = f"{outcome.failure}: {outcome.error}"
             _log_answer(logging.ERROR, request_id, status, handler, reason)
             retry = outcome.failure == Failure.BUSY
-            return status, await self._sending(
-                status, _respond(send, request_id, status, retry=retry)
-            )
+            return status, await _respond(send, request_id, status, retry=retry)
         try:
             response = cgi.parse_response(outcome.stdout)
         except cgi.CgiError as error:
             _log_answer(logging.ERROR, request_id, error.status, handler, error.reason)
-            return error.status, await self._sending(
-                error.status, _respond(send, request_id, error.status)
-            )
+            return error.status, await _respond(send, request_id, error.status)
         headers = [*response.headers, (b"x-request-id", request_id.encode())]
         body = response.body
         if response.status in (204, 304):
@@ -585,29 +590,9 @@ class Gateway:
             headers.append((b"content-length", str(len(body)).encode()))
         if method == "HEAD":
             body = b""
-        try:
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": body})
-        except asyncio.CancelledError:
-            self._cut_short(response.status)
-            raise
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
         return response.status, len(body)
-
-    def _cut_short(self, status: int) -> None:
-        """Raise AnswerCutOff if the end of the grace period stopped the answer's send."""
-        if self._grace_over:
-            raise AnswerCutOff(status) from None
-
-    async def _sending(self, status: int, sending: Awaitable[int]) -> int:
-        """Await an answer's send (bytes sent); its cancellation at the end of the grace
-        period becomes AnswerCutOff."""
-        try:
-            return await sending
-        except asyncio.CancelledError:
-            self._cut_short(status)
-            raise
 
 
 def _access_line(
