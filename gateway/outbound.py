@@ -68,8 +68,8 @@ class OutboundPolicy:
 
     component: str
     allowed: tuple[AllowedHost, ...]
-    max_open: int = DEFAULT_MAX_OPEN
-    max_response: int = 64 << 20
+    max_open: int  # responses open at once
+    max_response: int  # bytes of body, over all open responses
 
 
 @dataclass
@@ -112,9 +112,10 @@ def install(linker: wasmtime.Linker) -> None:
         native.define_i32_function(linker, MODULE.encode(), name, arguments, callback)
 
 
-def _host_call(function):
-    """Wrap a host function: read its i32 arguments, write its error code; a stop or a
-    bug of ours traps the guest (no exception may cross into wasm)."""
+def _host_function(function):
+    """Make `function(memory, *i32 arguments) -> error code` a host function: bad memory
+    and bad text are the SDK's error codes; a stop or a bug of ours traps the guest (no
+    exception may cross into wasm)."""
 
     @native.HostCallback
     def callback(_env: int, caller: int, values: int, count: int) -> int:
@@ -122,7 +123,7 @@ def _host_call(function):
             arguments = struct.unpack_from(
                 "<" + "I12x" * count, ctypes.string_at(values, 16 * count)
             )
-            ctypes.c_uint32.from_address(values).value = function(caller, *arguments)
+            ctypes.c_uint32.from_address(values).value = _call(function, caller, arguments)
             return None
         except _Stop as stop:
             return wasi.trap(str(stop))
@@ -130,6 +131,18 @@ def _host_call(function):
             return wasi.trap(f"{MODULE} failed in the host: {error!r}")
 
     return callback
+
+
+def _call(function, caller: int, arguments: tuple[int, ...]) -> int:
+    memory = _Memory(caller)
+    if not memory.base:
+        return _MEMORY_NOT_FOUND
+    try:
+        return function(memory, *arguments)
+    except _Fault:
+        return _MEMORY_ACCESS_ERROR
+    except UnicodeDecodeError:
+        return _UTF8_ERROR
 
 
 class _Memory:
@@ -166,24 +179,7 @@ def _session(memory: _Memory) -> Session | None:
     return None if memory.output is None else memory.output.outbound
 
 
-def _checked(function):
-    """Map bad memory and bad text to the SDK's error codes."""
-
-    def checked(caller: int, *arguments: int) -> int:
-        memory = _Memory(caller)
-        if not memory.base:
-            return _MEMORY_NOT_FOUND
-        try:
-            return function(memory, *arguments)
-        except _Fault:
-            return _MEMORY_ACCESS_ERROR
-        except UnicodeDecodeError:
-            return _UTF8_ERROR
-
-    return _host_call(checked)
-
-
-@_checked
+@_host_function
 def _req(
     memory: _Memory,
     url_at: int,
@@ -426,7 +422,7 @@ def _response(memory: _Memory, handle: int) -> _Response | None:
     return None if session is None else session.responses.get(handle)
 
 
-@_checked
+@_host_function
 def _close(memory: _Memory, handle: int) -> int:
     session = _session(memory)
     if session is None or session.responses.pop(handle, None) is None:
@@ -434,7 +430,7 @@ def _close(memory: _Memory, handle: int) -> int:
     return _SUCCESS
 
 
-@_checked
+@_host_function
 def _header_get(
     memory: _Memory,
     handle: int,
@@ -454,7 +450,7 @@ def _header_get(
     return _write_out(memory, value.encode("latin-1"), value_at, value_length, written_at)
 
 
-@_checked
+@_host_function
 def _headers_get_all(
     memory: _Memory, handle: int, buffer_at: int, buffer_length: int, written_at: int
 ) -> int:
@@ -473,7 +469,7 @@ def _write_out(memory: _Memory, data: bytes, at: int, length: int, written_at: i
     return _SUCCESS
 
 
-@_checked
+@_host_function
 def _body_read(
     memory: _Memory, handle: int, buffer_at: int, buffer_length: int, written_at: int
 ) -> int:
