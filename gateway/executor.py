@@ -8,15 +8,17 @@ yields, and a worker thread polls it from then on. A slow guest thus holds up th
 loop for at most one slice, and runs in parallel with everything else after that (wasm
 runs with the GIL released).
 
-Epoch deadlines cannot interrupt a guest inside a host call. The only WASI call that
-can block for long is `poll_oneoff` (sleeping), so a module that imports it always runs
-on a worker thread. Its sleeps end by the request's deadline (`wasi`), so the thread is
-free again then; the event loop answers at the deadline either way.
+Epoch deadlines cannot interrupt a guest inside a host call. The host calls that can
+block for long are WASI's `poll_oneoff` (sleeping) and outbound HTTP's `req`, so a module
+that imports either always runs on a worker thread. Both end by the request's deadline
+(`wasi`, `outbound`), so the thread is free again then; the event loop answers at the
+deadline either way.
 
-A guest holds its thread while it sleeps, so a fixed number of threads would let a few
-sleeping components starve every other one: their guests would wait for a thread until
-their own deadline. So the threads grow, one at a time when none is idle, up to as many
-guests as admission lets run at once (`reserve`); the ones made stay for later bursts.
+A guest holds its thread while it sleeps or waits for a response, so a fixed number of
+threads would let a few such components starve every other one: their guests would wait
+for a thread until their own deadline. So the threads grow, one at a time when none is
+idle, up to as many guests as admission lets run at once (`reserve`); the ones made stay
+for later bursts.
 """
 
 from __future__ import annotations
