@@ -527,33 +527,37 @@ _ALLOWED_HOST = re.compile(
 
 
 def _allowed_hosts(table: _Table, key: str, bare_hosts: bool = False) -> tuple[AllowedHost, ...]:
-    """An outbound allowlist: URLs such as `https://api.example.com` or `*://*.example.com:*`;
-    with `bare_hosts` (WAGI, Spin 1), also a host alone, for http and https."""
+    """An outbound allowlist read from `table[key]` (see `parse_allowed_host`)."""
     hosts: list[AllowedHost] = []
     for index, text in enumerate(table.strings(key)):
-        if text == ALLOW_ALL:
-            hosts.append(AllowedHost("*", "*", "*"))
-            continue
-        found = _ALLOWED_HOST.match(text)
-        scheme = found and found["scheme"]
-        port = found and found["port"]
-        if (
-            not found
-            or (scheme is None and not bare_hosts)
-            or scheme not in (None, "*", "http", "https")
-            or (port not in (None, "*") and int(port) > 65535)
-        ):
-            raise table.ctx.error(
-                table.path(key),
-                f"item {index}: {text!r} is not a URL like `https://api.example.com` "
-                f"(or `*://*.example.com:*`, or `{ALLOW_ALL}`)",
-            )
-        port_value = port if port in (None, "*") else int(port)
-        host = found["host"].strip("[]").lower()
-        hosts.extend(
-            AllowedHost(s, host, port_value) for s in ([scheme] if scheme else DEFAULT_PORTS)
-        )
+        try:
+            hosts.extend(parse_allowed_host(text, bare_hosts))
+        except ValueError as error:
+            raise table.ctx.error(table.path(key), f"item {index}: {error}") from None
     return tuple(hosts)
+
+
+def parse_allowed_host(text: str, bare_hosts: bool = False) -> tuple[AllowedHost, ...]:
+    """One allowlist entry: a URL such as `https://api.example.com` or `*://*.example.com:*`;
+    with `bare_hosts` (WAGI, Spin 1), also a host alone, for http and https."""
+    if text == ALLOW_ALL:
+        return (AllowedHost("*", "*", "*"),)
+    found = _ALLOWED_HOST.match(text)
+    scheme = found and found["scheme"]
+    port = found and found["port"]
+    if (
+        not found
+        or (scheme is None and not bare_hosts)
+        or scheme not in (None, "*", "http", "https")
+        or (port not in (None, "*") and int(port) > 65535)
+    ):
+        raise ValueError(
+            f"{text!r} is not a URL like `https://api.example.com` "
+            f"(or `*://*.example.com:*`, or `{ALLOW_ALL}`)"
+        )
+    port_value = port if port in (None, "*") else int(port)
+    host = found["host"].strip("[]").lower()
+    return tuple(AllowedHost(s, host, port_value) for s in ([scheme] if scheme else DEFAULT_PORTS))
 
 
 def _spin_source(table: _Table) -> Path:

@@ -22,7 +22,7 @@ import asyncio
 import concurrent.futures
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from .config import (
 )
 from .engine import Engine, Failure, Invocation, Program
 from .executor import Executor
-from .manifest import DEFAULT_ENTRYPOINT, load_manifest
+from .manifest import DEFAULT_ENTRYPOINT, load_manifest, parse_allowed_host
+from .outbound import DEFAULT_MAX_OPEN, OutboundPolicy
 from .pool import InstancePool
 from .routing import RequestPath, Route, RoutePattern, RouteTable
 from .server import make_gateway
@@ -199,15 +200,19 @@ def run_module(
     args: list[str] | None = None,
     entrypoint: str = DEFAULT_ENTRYPOINT,
     mounts: Mapping[str, str | Path] | None = None,
+    allowed_outbound_hosts: Sequence[str] = (),
     cache_dir: Path | None = None,
     **limits: str | float | int,
 ) -> ModuleResult:
     """Run a module once with this environment, stdin and argv (default: its file name).
 
-    `mounts` maps guest paths to host folders (read-only). Limits are keyword arguments
-    with `wagi serve`'s names: `request_timeout="2s"`, `max_memory="16M"`, ...
+    `mounts` maps guest paths to host folders (read-only). `allowed_outbound_hosts` is
+    spin.toml's allowlist, such as `["https://api.example.com"]`. Limits are keyword
+    arguments with `wagi serve`'s names: `request_timeout="2s"`, `max_memory="16M"`, ...
     """
     source = Path(module)
+    allowed = tuple(host for text in allowed_outbound_hosts for host in parse_allowed_host(text))
+    run_limits = _limits(limits)
     engine = Engine(cache_dir or default_cache_dir(), TEST_ENGINE)
     loaded = engine.load(source)
     program = engine.link(loaded, source.name)
@@ -216,10 +221,11 @@ def run_module(
         env=dict(env or {}),
         stdin=stdin,
         mounts=[(str(Path(host).resolve()), guest) for guest, host in (mounts or {}).items()],
+        outbound=OutboundPolicy(source.name, allowed, DEFAULT_MAX_OPEN, run_limits.max_output_size),
     )
     executor = Executor(engine, threads=1)
     try:
-        return asyncio.run(_run(executor, program, entrypoint, invocation, _limits(limits)))
+        return asyncio.run(_run(executor, program, entrypoint, invocation, run_limits))
     finally:
         executor.close()
         engine.close()

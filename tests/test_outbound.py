@@ -254,3 +254,14 @@ def test_a_slow_name_lookup_ends_at_the_guests_deadline(tmp_path, c_guest, monke
 def test_an_unreachable_host_is_a_request_error(serve, tmp_path, c_guest):
     server = serve("-c", str(app(tmp_path, c_guest, '"http://127.0.0.1:9"')))
     assert get(server, "/fetch?http://127.0.0.1:9/").text == "error 11\n"  # REQUEST_ERROR
+
+
+def test_the_test_kit_runs_a_module_with_an_allowlist(tmp_path, c_guest, upstream):
+    fetch, url = c_guest("fetch"), f"http://127.0.0.1:{upstream}/kit"
+    env = {"QUERY_STRING": url, "REQUEST_METHOD": "GET"}
+    allowed = testing.run_module(fetch, env=env, allowed_outbound_hosts=[url.rsplit("/", 1)[0]])
+    assert f"body GET /kit 127.0.0.1:{upstream} " in allowed.response.text
+    refused = testing.run_module(fetch, env=env)  # no host is allowed by default
+    assert refused.response.text == "error 7\n"
+    with pytest.raises(ValueError, match="is not a URL like"):
+        testing.run_module(fetch, allowed_outbound_hosts=["ftp://127.0.0.1"])
