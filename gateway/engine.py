@@ -328,6 +328,12 @@ class Program:
         """Instantiate a module whose start function runs now, within START_FUNCTION_LIMIT:
         instances are made outside any request, so nothing else would stop it."""
         settings, ticker = self.engine.settings, self.engine.ticker
+        # wasmtime's WASI functions abort the process when called on a store without a
+        # WASI context, so a start function that calls one gets an empty context (no
+        # argv, environment, stdin or files), which the request's replaces later.
+        error = native.wasmtime_context_set_wasi(context, native.wasi_config_new())
+        if error:
+            return error
         ticks = max(1, math.ceil(START_FUNCTION_LIMIT / settings.epoch_tick))
         native.wasmtime_context_set_epoch_deadline(context, ticks)
         ticker.thread_started()

@@ -158,3 +158,22 @@ def test_mounts_are_read_only(engine, tmp_path):
     outcome = run(link_wat(engine, tmp_path, wat), mounts=[(str(folder), "/data")])
     assert outcome.exit_code == 63  # WASI errno `perm`: the mount is read-only
     assert not (folder / "new.txt").exists()
+
+
+def test_a_start_function_may_call_wasi_before_any_request(engine, tmp_path):
+    # wasmtime aborted the whole process: its WASI functions need a context on the store
+    wat = """(module
+        (import "wasi_snapshot_preview1" "args_sizes_get" (func $sizes (param i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (global $args (mut i32) (i32.const -1))
+        (func $init (drop (call $sizes (i32.const 0) (i32.const 4)))
+            (global.set $args (i32.load (i32.const 0))))
+        (start $init)
+        (func (export "_start")
+            ;; the start function saw no argv; the request sees its own
+            (if (i32.ne (global.get $args) (i32.const 0)) (then unreachable))
+            (drop (call $sizes (i32.const 0) (i32.const 4)))
+            (if (i32.ne (i32.load (i32.const 0)) (i32.const 2)) (then unreachable))))"""
+    outcome = run(link_wat(engine, tmp_path, wat), argv=["guest", "one"])
+    assert outcome.ok, outcome.error
