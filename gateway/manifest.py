@@ -247,10 +247,8 @@ class _Table:
             where = (*self.path(key), name)
             if not isinstance(value, str):
                 raise self.ctx.error(where, f"value must be a string, got {_describe(value)}")
-            if not name or "=" in name or "\x00" in name:
-                raise self.ctx.error(where, "a variable name must not be empty or hold `=` or NUL")
-            if "\x00" in value:
-                raise self.ctx.error(where, "a value must not hold a NUL character")
+            if not name or "=" in name:
+                raise self.ctx.error(where, "a variable name must not be empty or hold `=`")
         return tuple(table.items())
 
     def sub(self, key: str, *, required: bool = False) -> _Table | None:
@@ -297,6 +295,7 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ManifestError(str(path), "", "not valid TOML: nested too deeply") from None
     ctx = _Context(path, text, check_sources)
+    _refuse_nul(ctx, data, ())
     version = data.get("spin_manifest_version")
     if version is None and "module" in data:
         return _load_wagi(ctx, data)
@@ -312,6 +311,16 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
         "not a known manifest: expected `spin_manifest_version` (spin.toml) "
         "or `[[module]]` entries (modules.toml)",
     )
+
+
+def _refuse_nul(ctx: _Context, value: Any, key_path: KeyPath) -> None:
+    """No key or string may hold NUL: paths, names and values all reach C strings."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if (isinstance(key, str) and "\x00" in key) or (isinstance(item, str) and "\x00" in item):
+            raise ctx.error((*key_path, key), "must not hold a NUL character")
+        if isinstance(item, (dict, list)):
+            _refuse_nul(ctx, item, (*key_path, key))
 
 
 def _toml_error(path: Path, error: tomllib.TOMLDecodeError) -> ManifestError:

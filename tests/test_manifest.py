@@ -517,3 +517,36 @@ def test_spin_2_wants_a_scheme_on_allowed_outbound_hosts(app: Path):
     path = write(app, SPIN_V2_HEAD + 'allowed_outbound_hosts = ["example.com"]\n')
     with pytest.raises(ManifestError, match="is not a URL like"):
         load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ('files = [{ source = "static", destination = "/a\\u0000b" }]', "files[0].destination"),
+        ('files = ["static/in\\u0000dex.html"]', "files[0]"),
+        ('environment = { "A\\u0000" = "b" }', 'environment."A\x00"'),
+        ('source = "hel\\u0000lo.wat"', "component.hello.source"),
+    ],
+)
+def test_a_nul_anywhere_is_refused_with_its_place(app: Path, entry: str, where: str):
+    # it reached the file system as "embedded null byte", a traceback
+    source = "" if entry.startswith("source") else 'source = "hello.wat"\n'
+    path = write(
+        app,
+        'spin_manifest_version = 2\n[application]\nname = "demo"\n'
+        '[[trigger.http]]\nroute = "/..."\ncomponent = "hello"\n'
+        f"[component.hello]\n{source}{entry}\n",
+    )
+    with pytest.raises(ManifestError, match="must not hold a NUL character") as raised:
+        load_manifest(path)
+    assert where in str(raised.value) and "spin.toml:" in str(raised.value)
+
+
+def test_a_nul_in_a_wagi_volume_is_refused(app: Path):
+    path = write(
+        app,
+        '[[module]]\nroute = "/"\nmodule = "hello.wat"\nvolumes = { "/d\\u0000" = "static" }\n',
+        "modules.toml",
+    )
+    with pytest.raises(ManifestError, match="must not hold a NUL character"):
+        load_manifest(path)
