@@ -8,12 +8,15 @@ format writes every field as a key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+log = logging.getLogger("wagi")
 guest_log = logging.getLogger("wagi.guest")
 
 
@@ -74,8 +77,10 @@ def setup_logging(level: str = "info", prefix: str = "", log_format: str = "text
     logging.logMultiprocessing = False
 
 
-# Stderr logged per request: logging is done on the event loop, line by line.
+# Stderr logged per request: logging is done on the event loop, line by line (~15 us a
+# line), so a guest that prints thousands of lines would hold up every other request.
 MAX_STDERR_LOGGED = 64 * 1024
+MAX_STDERR_LINES = 100
 
 
 class ComponentLog:
@@ -84,21 +89,15 @@ class ComponentLog:
     def __init__(self, log_dir: Path | None, component_id: str) -> None:
         self.component_id = component_id
         self._file = None
+        self._failing = False  # the last write to the file failed (and was warned of)
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(log_dir / f"{component_id}.log", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, request_id: str, stderr: bytes) -> None:
-        """Record a run's stderr, each line tagged with the component and request id;
-        beyond MAX_STDERR_LOGGED bytes, one line says how much more there was."""
-        logged = stderr
-        if len(stderr) > MAX_STDERR_LOGGED:
-            logged = stderr[:MAX_STDERR_LOGGED]
-            logged = logged[: logged.rfind(b"\n") + 1 or None]  # whole lines, if any
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        lines = logged.decode("utf-8", "replace").splitlines()
-        if len(logged) < len(stderr):
-            lines.append(f"... {len(stderr) - len(logged)} more bytes of stderr not logged")
+        """Record a run's stderr, each line tagged with the component and request id; beyond
+        MAX_STDERR_LINES lines or MAX_STDERR_LOGGED bytes, one line says what was left out."""
+        lines = _first_lines(stderr)
         for line in lines:
             guest_log.info(
                 "[%s %s] %s",
@@ -114,11 +113,47 @@ class ComponentLog:
                 },
             )
         if self._file is not None:
-            self._file.writelines(f"{stamp} {request_id} {line}\n" for line in lines)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self._append(f"{stamp} {request_id} {line}\n" for line in lines)
+
+    def _append(self, lines: Iterable[str]) -> None:
+        """Write to the file; a full or failing disk is warned of once, and never fails
+        the request (its stderr is in the gateway's log all the same)."""
+        assert self._file is not None
+        try:
+            self._file.writelines(lines)
             self._file.flush()
+        except OSError as error:
+            if not self._failing:
+                log.warning("cannot write %s: %s; stderr goes on to the gateway's log",
+                            self._file.name, error.strerror or error)  # fmt: skip
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("writing %s again", self._file.name)
+            self._failing = False
 
     def close(self) -> None:
         """Close the log file."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # what the disk could not take is lost
+                self._file.close()
             self._file = None
+
+
+def _first_lines(stderr: bytes) -> list[str]:
+    """The lines of `stderr` to log: whole lines within the bounds, then what was left out."""
+    logged = stderr[:MAX_STDERR_LOGGED]
+    end = -1
+    for _ in range(MAX_STDERR_LINES):
+        end = logged.find(b"\n", end + 1)
+        if end < 0:
+            break
+    if end >= 0:  # as many lines as may be logged: up to the last of them
+        logged = logged[: end + 1]
+    elif len(logged) < len(stderr):  # cut within the bytes allowed: whole lines, if any
+        logged = logged[: logged.rfind(b"\n") + 1 or None]
+    lines = logged.decode("utf-8", "replace").splitlines()[:MAX_STDERR_LINES]
+    if len(logged) < len(stderr):
+        lines.append(f"... {len(stderr) - len(logged)} more bytes of stderr not logged")
+    return lines

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import SPIN, cgi_guest, metric, scrape, sleeper, wait_for_log, wait_until
-from gateway.logs import MAX_STDERR_LOGGED, ComponentLog, TextFormatter
+from gateway.logs import MAX_STDERR_LINES, MAX_STDERR_LOGGED, ComponentLog, TextFormatter
 from gateway.metrics import Metrics
 
 
@@ -216,10 +216,40 @@ def test_a_reload_counts_the_old_pools_last_takes_and_drops_removed_components()
 
 def test_guest_stderr_is_logged_up_to_a_bound(tmp_path):
     component_log = ComponentLog(tmp_path, "noisy")
-    stderr = b"line\n" * (MAX_STDERR_LOGGED // 5 + 1000)
-    component_log.write("r1", stderr)
+    long_line = b"x" * 1000 + b"\n"
+    stderr = long_line * (MAX_STDERR_LOGGED // 1001 + 10)
+    component_log.write("r1", stderr)  # past the bytes: whole lines within them
+    many = b"line\n" * (MAX_STDERR_LINES + 500)
+    component_log.write("r2", many)  # past the lines (each ~15 us on the event loop)
+    component_log.write("r3", b"just this")
     component_log.close()
     lines = (tmp_path / "noisy.log").read_text().splitlines()
-    assert len(lines) == MAX_STDERR_LOGGED // 5 + 1  # whole lines, then what was left out
-    dropped = len(stderr) - 5 * (MAX_STDERR_LOGGED // 5)
-    assert lines[-1].endswith(f" r1 ... {dropped} more bytes of stderr not logged")
+    first = MAX_STDERR_LOGGED // 1001
+    assert [line.split(" ", 1)[1] for line in lines[first : first + 2]] == [
+        f"r1 ... {len(stderr) - first * 1001} more bytes of stderr not logged",
+        "r2 line",
+    ]
+    assert lines[first + MAX_STDERR_LINES + 1].endswith(
+        " r2 ... 2500 more bytes of stderr not logged"
+    )
+    assert lines[first + MAX_STDERR_LINES + 2 :] == [lines[-1]] and lines[-1].endswith(
+        " r3 just this"
+    )
+
+
+def test_a_full_log_disk_does_not_fail_the_request(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    (tmp_path / "noisy.log").symlink_to("/dev/full")  # every write: ENOSPC
+    component_log = ComponentLog(tmp_path, "noisy")
+    component_log.write("r1", b"one\n")
+    component_log.write("r2", b"two\n")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    where = tmp_path / "noisy.log"
+    assert warnings == [
+        f"cannot write {where}: No space left on device; stderr goes on to the gateway's log"
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "wagi.guest"] == [
+        "[noisy r1] one",
+        "[noisy r2] two",
+    ]
+    component_log.close()
