@@ -140,7 +140,8 @@ class Metrics:
         self.sync_pools(old)
         for component_id in old.components.keys() - new.components.keys():
             self.pool_ready.labels(component_id).set(0)  # what other workers' sums still see
-            self.pool_ready.remove(component_id)
+            if not os.environ.get(MULTIPROCESS_FOLDER):  # there, its file keeps the 0
+                self.pool_ready.remove(component_id)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format (every worker's, with several)."""

@@ -214,6 +214,16 @@ def test_a_reload_counts_the_old_pools_last_takes_and_drops_removed_components()
     assert 'wagi_pool_ready_instances{component="removed"}' not in text
 
 
+def test_a_reload_with_workers_removes_no_label_with_a_warning(monkeypatch, recwarn):
+    # prometheus-client cannot remove a label in multiprocess mode, and printed a raw
+    # UserWarning to stderr (breaking --log-format json) for each worker
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")
+    metrics = Metrics()
+    old = _version(kept=_Pool(2, hits=3, misses=1), removed=_Pool(1, hits=2, misses=0))
+    metrics.retired(old, _version(kept=_Pool(2, hits=0, misses=0)))
+    assert not recwarn.list
+
+
 def test_guest_stderr_is_logged_up_to_a_bound(tmp_path):
     component_log = ComponentLog(tmp_path, "noisy")
     long_line = b"x" * 1000 + b"\n"
