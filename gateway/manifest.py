@@ -7,11 +7,14 @@ gateway only reads the frozen dataclasses this module returns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -683,7 +686,7 @@ def _spin_files(
     entries = table.take("files", list, default=[])
     excludes = table.strings("exclude_files")
     folder = table.ctx.folder.resolve()
-    excluded = {p for pattern in excludes for p in _glob(folder, pattern)}
+    excluded = {name for pattern in excludes for name, _ in _glob(folder, pattern)}
     mounts: list[Mount] = []
     files: dict[str, IncludedFile] = {}
     empty: list[str] = []
@@ -691,12 +694,11 @@ def _spin_files(
         where = (*table.path("files"), index)
         if isinstance(entry, str):
             _inside_app(table, "files", entry.split("*")[0] or ".")
-            matched = [p for p in _glob(folder, entry) if p not in excluded]
+            matched = [(name, host) for name, host in _glob(folder, entry) if name not in excluded]
             if not matched:
                 empty.append(entry)
-            for host in matched:
-                guest = "/" + host.relative_to(folder).as_posix()
-                files[guest] = IncludedFile(guest, host)
+            for name, host in matched:
+                files["/" + name] = IncludedFile("/" + name, host)
         elif isinstance(entry, dict):
             mapping = _Table(table.ctx, entry, where)
             source_text = mapping.take("source", str, required=True)
@@ -705,16 +707,20 @@ def _spin_files(
             guest = _guest_path(mapping, destination)
             source = _inside_app(mapping, "source", source_text)
             if source.is_dir():
+                _no_special_files(mapping, "source", source)
                 mounts.append(Mount(guest, source))
             elif source.is_file():
                 if guest == "/" or destination.endswith("/"):
                     raise mapping.error("destination", "a file's destination must name a file")
                 files[guest] = IncludedFile(guest, source)
+            elif source.exists():
+                raise mapping.error("source", f"not a regular file or folder: {source}")
             else:
                 raise mapping.error("source", f"no such file or directory: {source}")
         else:
             raise table.ctx.error(where, "expected a path, a glob or { source, destination }")
     _no_file_inside_a_file(table, files)
+    _nothing_hidden(table, "files", mounts, files)
     return tuple(mounts), tuple(files.values()), tuple(empty)
 
 
@@ -738,20 +744,95 @@ def _no_file_inside_a_file(table: _Table, files: dict[str, IncludedFile]) -> Non
             folder = folder.rpartition("/")[0]
 
 
-def _glob(folder: Path, pattern: str) -> Iterator[Path]:
-    """Files matched by a Spin `files` pattern: a file, a directory (recursively) or a glob."""
+def _glob(folder: Path, pattern: str) -> Iterator[tuple[str, Path]]:
+    """Files matched by a Spin `files` pattern (a file, a directory, recursively, or a
+    glob), each as its name in the app folder and the file it is. Symlinks are followed,
+    but never out of the app folder; a file reached through one keeps the link's name."""
     for match in sorted(glob.glob(pattern, root_dir=folder, recursive=True)):
-        path = (folder / match).resolve()
-        if folder not in path.parents:
-            continue  # never follow a pattern or a symlink out of the app folder
-        if path.is_dir():
-            yield from (
-                p.resolve()
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and folder in p.resolve().parents
+        name = os.path.normpath(match)
+        within = _folders_on_the_way(folder, name)
+        if within is not None:
+            yield from _files_under(folder, name, within)
+
+
+def _folders_on_the_way(folder: Path, name: str) -> frozenset[Path] | None:
+    """The folders `name` goes through, or None if it goes through one twice: a glob's
+    `**` follows symlinks, so `a/loop/a/loop/...` names the same files over and over."""
+    seen: set[Path] = set()
+    on_the_way = folder
+    for part in Path(name).parts[:-1]:
+        on_the_way = (on_the_way / part).resolve()
+        if on_the_way in seen:
+            return None
+        seen.add(on_the_way)
+    return frozenset(seen)
+
+
+def _files_under(folder: Path, name: str, within: frozenset[Path]) -> Iterator[tuple[str, Path]]:
+    path = (folder / name).resolve()
+    if folder not in path.parents:
+        return  # never follow a pattern or a symlink out of the app folder
+    if path.is_dir():
+        if path in within:
+            return  # a symlink to a folder it is in
+        for entry in sorted(os.listdir(path)):
+            yield from _files_under(folder, f"{name}/{entry}", within | {path})
+    elif path.is_file():  # not a named pipe or a device
+        yield name, path
+
+
+def _no_special_files(table: _Table, key: str, folder: Path) -> None:
+    """Refuse a folder mount holding a named pipe, socket or device: opening or reading one
+    can block inside a WASI call, where no deadline stops the guest."""
+    if not table.ctx.check_sources:
+        return
+    pending = [folder]
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+                    raise table.error(
+                        key,
+                        f"{entry.path} is {_special_kind(entry.path)}: a guest that opened it "
+                        "could block past its deadline; mount a folder without it",
+                    )
+
+
+def _special_kind(path: str) -> str:
+    mode = os.lstat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _nothing_hidden(
+    table: _Table, key: str, mounts: Sequence[Mount], files: Mapping[str, IncludedFile]
+) -> None:
+    """Refuse mounts that would hide each other: the guest looks a path up in the mount
+    whose guest path is the longest prefix of it, and staged files are mounted at `/`."""
+    mounted: dict[str, Mount] = {}
+    for mount in mounts:
+        other = mounted.setdefault(mount.guest_path, mount)
+        if other is not mount:
+            raise table.error(
+                key,
+                f"{other.host_path} and {mount.host_path} are both mounted at "
+                f"{mount.guest_path}: the guest would see only one of them",
             )
-        elif path.is_file():
-            yield path
+    for guest in files:
+        for mount in mounts:
+            inside = guest == mount.guest_path or guest.startswith(mount.guest_path + "/")
+            if inside or mount.guest_path == "/":
+                raise table.error(
+                    key,
+                    f"the file {guest} is inside the folder mounted at {mount.guest_path} "
+                    f"({mount.host_path}), which would hide it: put it in that folder, or "
+                    "mount it elsewhere",
+                )
 
 
 def _load_spin_v1(ctx: _Context, data: dict) -> Manifest:
@@ -866,7 +947,9 @@ def _wagi_volumes(table: _Table) -> tuple[Mount, ...]:
         host = (table.ctx.folder / host_text).resolve()
         if not host.is_dir():
             raise table.ctx.error(where, f"not a directory: {host}")
+        _no_special_files(table, "volumes", host)
         mounts.append(Mount(guest.rstrip("/") or "/", host))
+    _nothing_hidden(table, "volumes", mounts, {})
     return tuple(mounts)
 
 

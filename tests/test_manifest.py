@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import textwrap
 from pathlib import Path
 
@@ -17,6 +19,16 @@ def write(folder: Path, text: str, name: str = "spin.toml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def one_component(folder: Path, lines: str) -> Path:
+    """A spin.toml whose one WAGI component, `c`, runs hello.wat; `lines` add to it."""
+    return write(
+        folder,
+        'spin_manifest_version = 2\n[application]\nname = "demo"\n[[trigger.http]]\n'
+        'route = "/"\ncomponent = "c"\nexecutor = { type = "wagi" }\n[component.c]\n'
+        f'source = "hello.wat"\n{lines}',
+    )
 
 
 @pytest.fixture
@@ -145,6 +157,101 @@ def test_spin_files_globs_folders_excludes_and_mappings(app: Path):
     }
     assert component.mounts == (Mount("/data", app / "content"),)
     assert component.empty_patterns == ("none/*.txt",)
+
+
+def test_files_reached_through_symlinks_keep_their_own_names(app: Path, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "secret.txt"
+    outside.write_text("no")
+    static = app / "static"
+    (static / "current.css").symlink_to("css/site.css")  # staged at its target's name before
+    (static / "latest").symlink_to("css")
+    (static / "loop").symlink_to(".")  # a glob's ** follows it, again and again
+    (static / "escape.txt").symlink_to(outside)
+    path = write(
+        app,
+        """
+        spin_manifest_version = 2
+        [application]
+        name = "demo"
+        [[trigger.http]]
+        route = "/"
+        component = "c"
+        executor = { type = "wagi" }
+        [component.c]
+        source = "hello.wat"
+        files = ["static/**/*", { source = "static/current.css", destination = "/c.css" }]
+        exclude_files = ["static/*.key"]
+    """,
+    )
+    files = {f.guest_path: f.host_path for f in load_manifest(path).components["c"].files}
+    site = static / "css" / "site.css"
+    assert files == {
+        "/static/index.html": static / "index.html",
+        "/static/css/site.css": site,
+        "/static/current.css": site,
+        "/static/latest/site.css": site,
+        "/c.css": site,
+    }
+
+
+SPECIAL_FILES = {
+    "a named pipe": os.mkfifo,
+    "a socket": lambda path: socket.socket(socket.AF_UNIX).bind(str(path)),
+}
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+@pytest.mark.parametrize("form", ["spin", "wagi"])
+def test_a_mounted_folder_with_a_pipe_socket_or_device_is_refused(app: Path, kind, form):
+    # a guest opening a named pipe blocked in a WASI call, where no deadline reaches it
+    (app / "content" / "deep").mkdir()
+    SPECIAL_FILES[kind](app / "content" / "deep" / "odd")
+    if form == "spin":
+        path = one_component(app, 'files = [{ source = "content", destination = "/data" }]\n')
+    else:
+        text = '[[module]]\nroute = "/"\nmodule = "hello.wat"\nvolumes = { "/data" = "content" }\n'
+        path = write(app, text, "modules.toml")
+    with pytest.raises(ManifestError, match=f"deep/odd is {kind}: a guest that opened it"):
+        load_manifest(path)
+    load_manifest(path, check_sources=False)  # `wagi build` does not look inside
+
+
+def test_a_pipe_named_as_a_file_is_not_called_missing(app: Path):
+    os.mkfifo(app / "pipe")
+    path = one_component(app, 'files = [{ source = "pipe", destination = "/pipe" }]\n')
+    with pytest.raises(ManifestError, match="not a regular file or folder"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            '{ source = "static/index.html", destination = "/data/index.html" }, '
+            '{ source = "content", destination = "/data" }',
+            "the file /data/index.html is inside the folder mounted at /data",
+        ),
+        ('"static/index.html", { source = "content", destination = "/" }', "mounted at /"),
+        (
+            '{ source = "content", destination = "/data" }, '
+            '{ source = "static", destination = "/data/" }',
+            "are both mounted at /data: the guest would see only one of them",
+        ),
+    ],
+)
+def test_mounts_that_would_hide_each_other_are_refused(app: Path, files: str, message: str):
+    path = one_component(app, f"files = [{files}]\n")
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(path)
+
+
+def test_nested_folder_mounts_are_fine(app: Path):
+    path = one_component(
+        app,
+        'files = [{ source = "static", destination = "/s" }, '
+        '{ source = "content", destination = "/s/more" }]\n',
+    )
+    assert len(load_manifest(path).components["c"].mounts) == 2
 
 
 def test_spin_v1_base_is_joined_onto_routes(app: Path):

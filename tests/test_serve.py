@@ -304,6 +304,9 @@ def test_files_patterns_and_volumes_are_mounted_read_only(serve, tmp_path, c_gue
     (app / "data").mkdir()
     (app / "data" / "d.txt").write_text("D")
     (app / "secret.txt").write_text("not for guests")
+    (app / "public" / "current.txt").symlink_to("sub/b.txt")  # seen at its own name
+    (tmp_path / "outside.txt").write_text("O")
+    (app / "public" / "escape.txt").symlink_to(tmp_path / "outside.txt")  # not at all
     (app / "files.wasm").write_bytes(c_guest("files").read_bytes())
     (app / "spin.toml").write_text(
         spin_toml(
@@ -320,7 +323,12 @@ def test_files_patterns_and_volumes_are_mounted_read_only(serve, tmp_path, c_gue
     assert ask("read=/public/a.txt") == "A"
     assert ask("read=/public/sub/b.txt") == "B"
     assert ask("read=/mnt/data/d.txt") == "D"
-    assert sorted(ask("list=/public").split()) == ["a.txt", "sub"]  # no excluded file
+    assert ask("read=/public/current.txt") == "B"
+    assert sorted(ask("list=/public").split()) == [
+        "a.txt",
+        "current.txt",
+        "sub",
+    ]  # no excluded file
     assert ask("read=/public/hidden.key").startswith("error: read /public/hidden.key:")
     assert ask("read=/secret.txt").startswith("error:")
     assert ask("read=/public/../secret.txt").startswith("error:")
