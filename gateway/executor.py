@@ -115,7 +115,7 @@ class Executor:
         if self._stopped.is_set():  # no worker thread would take a guest that runs long
             return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         try:
-            instance = pool.take()
+            instance = pool.take() or await pool.make()
         except NoInstanceSlot as error:
             return Outcome(b"", b"", failure=Failure.BUSY, error=str(error))
         except LoadError as error:

@@ -35,11 +35,58 @@ def program(tmp_path: Path):
 def test_ready_instances_are_hits_and_an_empty_pool_still_serves(tmp_path):
     pool = InstancePool(program(tmp_path), size=2, name="guest")
     pool.fill()
-    instances = [pool.take() for _ in range(5)]
+
+    async def takes() -> list:
+        return [pool.take() or await pool.make() for _ in range(5)]
+
+    instances = asyncio.run(takes())
     assert pool.take_counts() == (2, 3)
     assert pool.take_counts() == (0, 0)  # counted once
     for instance in instances:  # every one of them runs, pooled or not
         assert instance.run("_start", Invocation(["g"], {})).stdout.endswith(b"hi\n")
+    pool.close()
+
+
+START_SPINS = """(module
+    (global $left (mut i32) (i32.const 0))
+    (func $spin (global.set $left (i32.const 50000000))
+        (loop $l (global.set $left (i32.sub (global.get $left) (i32.const 1)))
+            (br_if $l (global.get $left))))
+    (start $spin)
+    (func (export "_start")))"""
+
+
+def test_instances_whose_start_function_runs_are_made_off_the_event_loop(tmp_path):
+    # a start function may run for a quarter of a second, every request's time
+    program = link_wat(Engine(tmp_path / "cache"), tmp_path, START_SPINS)
+    pool = InstancePool(program, size=2, name="starts")
+
+    async def scenario() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+
+        async def ticking() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        clock = asyncio.create_task(ticking())
+        started = loop.time()
+        made = await pool.make()  # a miss
+        pool.refill_soon(loop)
+        while len(pool) < 2:
+            await asyncio.sleep(0.001)
+        seconds = loop.time() - started
+        clock.cancel()
+        made.close()
+        return ticks, seconds
+
+    ticks, seconds = asyncio.run(scenario())
+    # the loop went on ticking while three start functions ran (it ticked at most once
+    # between them when they ran on it)
+    assert ticks >= 10, (ticks, seconds)
+    assert pool.take_counts() == (0, 1)
     pool.close()
 
 
