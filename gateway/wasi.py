@@ -77,13 +77,14 @@ class Output:
         # The call's outbound HTTP requests (`outbound.Session`), if its module makes any.
         self.outbound: object | None = None
 
-    def take(self, fd: int, data: bytes) -> None:
-        """Keep a write to fd 1 or 2; raise once the output would pass its limit."""
-        if self.written + len(data) > self.limit:
+    def take(self, fd: int, address: int, length: int) -> None:
+        """Keep a write to fd 1 or 2 (copied from `address`); raise instead if the output
+        would pass its limit, before copying anything."""
+        if self.written + length > self.limit:
             self.exceeded = f"the guest wrote more than its limit of {self.limit} bytes of output"
             raise OutputLimitExceeded(self.exceeded)
-        self.written += len(data)
-        (self.stdout if fd == 1 else self.stderr).append(data)
+        self.written += length
+        (self.stdout if fd == 1 else self.stderr).append(ctypes.string_at(address, length))
 
 
 # Calls in progress, by the key stored as their store's data pointer.
@@ -142,13 +143,14 @@ def _write(caller: int, values: int) -> int | None:
         return _result(values, _FAULT)
     if iovs_count > _MAX_IOVECS or iovs + 8 * iovs_count > size or written_at + 4 > size:
         return _result(values, _FAULT)
-    vectors = ctypes.string_at(base + iovs, 8 * iovs_count)
-    total = 0
-    for pointer, length in _IOVEC.iter_unpack(vectors):
-        if pointer + length > size:
+    vectors = tuple(_IOVEC.iter_unpack(ctypes.string_at(base + iovs, 8 * iovs_count)))
+    for pointer, length in vectors:
+        if pointer + length > size:  # then nothing of this write is kept
             return _result(values, _FAULT)
+    total = 0
+    for pointer, length in vectors:
         if length:
-            output.take(fd, ctypes.string_at(base + pointer, length))
+            output.take(fd, base + pointer, length)
             total += length
     ctypes.c_uint32.from_address(base + written_at).value = total
     return _result(values, _SUCCESS)

@@ -3,6 +3,7 @@ pointers refused) and poll_oneoff (sleeps that end by the call's deadline)."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import subprocess
 import sys
@@ -80,6 +81,27 @@ def test_an_iovec_pointing_outside_memory_is_refused(engine, tmp_path):
     outcome = run_wat(engine, tmp_path, fd_write_guest(1, 0, 1, 200, prelude=prelude))
     assert outcome.exit_code == 21
     assert outcome.stdout == b""
+
+
+def test_a_write_with_one_bad_iovec_keeps_none_of_it(engine, tmp_path):
+    # the first iovec is good, the second points past the end: EFAULT, as a whole
+    prelude = "(i32.store (i32.const 8) (i32.const 65534)) (i32.store (i32.const 12) (i32.const 5))"
+    outcome = run_wat(engine, tmp_path, fd_write_guest(1, 0, 2, 200, prelude=prelude))
+    assert outcome.exit_code == 21
+    assert outcome.stdout == b""
+
+
+def test_a_write_past_the_limit_is_refused_before_it_is_copied(engine, tmp_path, monkeypatch):
+    copied = []
+    string_at = ctypes.string_at
+    monkeypatch.setattr(ctypes, "string_at", lambda a, n: copied.append(n) or string_at(a, n))
+    prelude = "(i32.store (i32.const 4) (i32.const 60000))"  # one 60,000-byte iovec
+    outcome = run_wat(
+        engine, tmp_path, fd_write_guest(1, 0, 1, 200, prelude=prelude), output_limit=10
+    )
+    assert outcome.failure == "output"
+    assert 60000 not in copied  # a guest's 200 MB write cost 200 MB before
+    assert 8 in copied  # the iovec itself was read through the same function
 
 
 def test_output_beyond_the_limit_traps_the_guest(engine, tmp_path):
