@@ -87,7 +87,9 @@ def serve(settings: Settings) -> None:
     sockets = worker_sockets(config, settings.workers)
     _announce(settings, manifest, sockets[0])
     _share_metrics_between_workers()
-    reopen = functools.partial(reuse_port_socket, config, _address(sockets[0][0]))
+    # A worker tried again after failing to start gets a socket that listens only once
+    # it serves: it may fail again, and then it would reset what waited on it.
+    reopen = functools.partial(reuse_port_socket, config, _address(sockets[0][0]), listen=False)
     supervisor = Supervisor(_worker_main, sockets, (settings, manifest), reopen)
     reloads = WorkerReloads(settings, engine, supervisor, modules)
     supervisor.on_reload = reloads.on_signal
@@ -132,12 +134,18 @@ def worker_sockets(config: hypercorn.config.Config, count: int) -> list[list[soc
     return sockets
 
 
-def reuse_port_socket(config: hypercorn.config.Config, address: str) -> list[socket.socket]:
-    """One more listening socket on `address` (already ours) with SO_REUSEPORT."""
+def reuse_port_socket(
+    config: hypercorn.config.Config, address: str, listen: bool = True
+) -> list[socket.socket]:
+    """One more socket on `address` (already ours) with SO_REUSEPORT; listening now, or
+    (`listen=False`) only once its worker serves, so that none of its connections is
+    reset if the worker fails to start: the kernel gives them to the other workers."""
     shared = copy.copy(config)
     shared.bind = [address]
     shared.workers = 2  # hypercorn then makes its sockets with SO_REUSEPORT
     sockets = listening_sockets(shared)  # a ConfigError if taken meanwhile
+    if not listen:
+        return sockets  # asyncio listens when the worker starts serving
     try:
         sockets[0].listen(config.backlog)  # connections wait here while its worker starts
     except OSError as error:
