@@ -55,6 +55,7 @@ def test_routes_are_joined_onto_the_parent_and_beat_it(tmp_path):
         (b"", True, "`_routes` failed"),
         (b"nope a\n", False, "must start with `/`"),
         (b"/caf\xe9 a\n", False, "printed bytes that are not UTF-8 (at byte 4)"),
+        (b"/a a\n" * 1001, False, "printed 1001 routes; at most 1000 are taken"),
     ],
 )
 def test_bad_routes_output_is_a_load_error_naming_the_module(tmp_path, printed, trap, message):
