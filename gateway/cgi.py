@@ -383,7 +383,7 @@ def _header_line(line: bytes) -> tuple[bytes, bytes]:
 
 def _status(value: bytes) -> int:
     code = value.split(b" ", 1)[0]
-    if not code.isdigit() or not 200 <= int(code) <= 599:
+    if len(code) != 3 or not code.isdigit() or not 200 <= int(code) <= 599:  # RFC 3875: 3digit
         shown = value[:40].decode("latin-1")
         raise CgiError(502, f"module printed an invalid Status: {shown!r}")
     return int(code)

@@ -248,6 +248,7 @@ FAILURES = [
     (b"Status: abc\n\n", 502),
     (b"Status: 99 Too Low\n\n", 502),
     (b"Status: 1000\n\n", 502),
+    (b"Status: 0200\n\n", 502),  # three digits, no more
     (b"Content-Type: text/plain\nnot a header\n\n", 502),
     (b"Content-Type: text/plain\nBad Name: x\n\n", 502),
     (b"Content-Type: text/plain\nX-Injected: a\rb\n\n", 502),  # CR inside a value
