@@ -784,8 +784,6 @@ def _files_under(folder: Path, name: str, within: frozenset[Path]) -> Iterator[t
 def _no_special_files(table: _Table, key: str, folder: Path) -> None:
     """Refuse a folder mount holding a named pipe, socket or device: opening or reading one
     can block inside a WASI call, where no deadline stops the guest."""
-    if not table.ctx.check_sources:
-        return
     pending = [folder]
     while pending:
         with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
