@@ -26,8 +26,13 @@ from .manifest import Component, Manifest, ManifestError, load_manifest
 
 log = logging.getLogger("wagi.reload")
 
-# Stop waiting for the file watcher's thread this often, so shutdown is quick.
+# Stop waiting for the file watcher's thread this often, so shutdown is quick; each time,
+# folders that did not exist are looked for again.
 _WATCHER_TIMEOUT_MS = 500
+# After watching failed, wait this long before watching again, doubling up to the most
+# while it keeps failing (an error that stays must not fill the log).
+_RETRY_SECONDS = 1.0
+_RETRY_MOST_SECONDS = 30.0
 _IGNORED = watchfiles.DefaultFilter()
 
 
@@ -44,14 +49,15 @@ class Watched:
         with contextlib.suppress(ManifestError):
             self.manifest = load_manifest(self.settings.manifest, check_sources=False)
 
-    def roots(self) -> set[Path]:
-        """Folders and files to watch: the app folder, and what lies outside it."""
+    def roots(self) -> dict[Path, bool]:
+        """Folders to watch (the app folder, and what lies outside it), each with whether
+        it exists: one that does not cannot be watched, only looked for again."""
         folder = self.settings.manifest.parent.resolve()
         roots = {folder}
         for path in self._files() | self._folders():
             if folder != path and folder not in path.parents:
                 roots.add(path if path.is_dir() else path.parent)
-        return roots
+        return {root: root.exists() for root in roots}
 
     def matters(self, path: Path) -> bool:
         """Whether a change at `path` can change the app."""
@@ -118,25 +124,63 @@ class Reloader:
         # Whether the last reload (or build) failed: the files on disk are then not the
         # live version, so no change may be skipped as already loaded.
         self._failed = False
+        self._roots: dict[Path, bool] = {}  # as the last round found them
+        # Folders that came into being, whose content the app has not seen yet.
+        self._appeared: set[Path] = set()
 
     async def run(self) -> None:
-        """Watch until cancelled; the set of watched folders follows the manifest."""
+        """Watch until cancelled; the set of watched folders follows the manifest.
+
+        An error never ends the watching: it is logged, and watching starts again.
+        """
+        delay = _RETRY_SECONDS
         try:
             while True:
-                roots = self.watched.roots()
-                log.info("watching %s", ", ".join(sorted(str(root) for root in roots)))
-                async for changes in watchfiles.awatch(
-                    *roots,
-                    watch_filter=self._filter,
-                    step=self._step_ms(),
-                    stop_event=self._stop,
-                    rust_timeout=_WATCHER_TIMEOUT_MS,
-                ):
-                    await self.changed(sorted({Path(path) for _, path in changes}))
-                    if self.watched.roots() != roots:
-                        break  # watch the new set of folders
+                try:
+                    await self._watch_round()
+                    delay = _RETRY_SECONDS
+                except Exception:
+                    log.exception("watching for changes failed; watching again in %g s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _RETRY_MOST_SECONDS)
         finally:
             self._stop.set()
+
+    async def _watch_round(self) -> None:
+        """Watch the folders that exist, until the set of folders (or their existence) changes."""
+        roots = self.watched.roots()
+        self._appeared |= {
+            root for root, exists in roots.items() if exists and self._roots.get(root) is False
+        }
+        self._roots = roots
+        present = sorted(root for root, exists in roots.items() if exists)
+        missing = sorted(root for root, exists in roots.items() if not exists)
+        log.info("watching %s", ", ".join(str(root) for root in present))
+        if missing:
+            log.info("waiting for %s to exist", ", ".join(str(root) for root in missing))
+        async for changes in watchfiles.awatch(
+            *present,
+            watch_filter=self._filter,
+            step=self._step_ms(),
+            stop_event=self._stop,
+            rust_timeout=_WATCHER_TIMEOUT_MS,
+            yield_on_timeout=True,  # to look for the missing folders again
+        ):
+            # The folders that appeared are handled once their watcher runs: nothing
+            # written to them is then missed.
+            paths = {Path(path) for _, path in changes} | self._appeared
+            self._appeared = set()
+            if paths:
+                await self._changed_or_log(sorted(paths))
+            if self.watched.roots() != roots:
+                return  # watch the new set of folders
+
+    async def _changed_or_log(self, paths: Sequence[Path]) -> None:
+        try:
+            await self.changed(paths)
+        except Exception:  # the next change may well fix it: keep watching
+            self._failed = True
+            log.exception("handling the changes failed; the running version stays live")
 
     def _step_ms(self) -> int:
         return max(1, round(self.settings.watch_debounce * 1000))

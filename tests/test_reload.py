@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
+import watchfiles
 
 from conftest import (
     ROOT,
@@ -24,7 +29,9 @@ from conftest import (
     workers_of,
 )
 from gateway.build import is_up_to_date, watches
+from gateway.config import Settings
 from gateway.manifest import Build, load_manifest
+from gateway.reload import Reloader
 from gateway.server import Supervisor
 
 
@@ -37,6 +44,27 @@ def write(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".new")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def greeter(app: Path, workdir: str = ".") -> str:
+    """Give component `greet` a build, returning its manifest table: it turns
+    WORKDIR/greeting.txt into greet.wat, a module that says the text, as a compiler would
+    turn source into wasm (a text that says "break" does not build)."""
+    builder = app / "make_greet.py"
+    builder.write_text(
+        "import pathlib, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from conftest import cgi_guest\n"
+        "text = pathlib.Path('greeting.txt').read_text()\n"
+        "if 'break' in text: sys.exit('cannot build: ' + text)\n"
+        "body = b'Content-Type: text/plain\\n\\n' + text.encode()\n"
+        "pathlib.Path(sys.argv[2]).write_text(cgi_guest(body))\n"
+    )
+    command = f"python {builder} {Path(__file__).parent} {app / 'greet.wat'}"
+    return (
+        f'[component.greet.build]\ncommand = "{command}"\nworkdir = "{workdir}"\n'
+        'watch = ["greeting.txt"]\n'
+    )
 
 
 @pytest.fixture
@@ -129,6 +157,96 @@ def test_putting_back_the_live_module_after_a_failed_reload_applies_what_waited(
     assert get(server, "/1").text == "one v1"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_module_in_a_folder_that_does_not_exist_is_waited_for(serve, app, tmp_path, workers):
+    """The folder could not be watched, and the watcher died: nothing was reloaded after."""
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", str(workers))
+    wait_for_log(server, "wagi: ready", count=workers)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # outside the app's folder
+    write(app / "spin.toml", spin_toml({"/one": f"{elsewhere}/one.wat", "/two": "two"}))
+    wait_for_log(server, "reload failed")
+    wait_for_log(server, f"waiting for {elsewhere} to exist")
+
+    write(app / "spin.toml", spin_toml({"/one": "one", "/two": "two", "/1": "one"}))  # fixed
+    wait_for_log(server, "reloaded to version 2", count=workers)
+    assert get(server, "/1").text == "one v1"
+
+    write(app / "spin.toml", spin_toml({"/one": f"{elsewhere}/one.wat", "/two": "two"}))
+    wait_for_log(server, "reload failed", count=2)
+    elsewhere.mkdir()  # made, with the module in it: seen once it exists
+    (elsewhere / "one.wat").write_text(says("one from elsewhere"))
+    wait_for_log(server, "reloaded to version 3", count=workers)
+    assert {get(server, "/one").text for _ in range(10)} == {"one from elsewhere"}
+    (elsewhere / "one.wat").write_text(says("one from elsewhere v2"))  # and then watched
+    wait_for_log(server, "reloaded to version 4", count=workers)
+    assert {get(server, "/one").text for _ in range(10)} == {"one from elsewhere v2"}
+    assert "Traceback" not in server.log()
+
+
+def test_an_error_while_handling_changes_is_logged_and_watching_goes_on(serve, app):
+    # Its workdir gone, the manifest no longer loads; the last good one has a build that
+    # cannot start there (an OSError, not a failed build). The watcher died of it.
+    (app / "src").mkdir()
+    (app / "src" / "greeting.txt").write_text("hello v1")
+    (app / "spin.toml").write_text(spin_toml({"/greet": "greet"}, greeter(app, "src")))
+    assert run_wagi("build", "-c", str(app / "spin.toml")).returncode == 0
+    server = serve("-c", str(app / "spin.toml"), "--watch")
+    shutil.rmtree(app / "src")
+    wait_for_log(server, "handling the changes failed; the running version stays live")
+    assert get(server, "/greet").text == "hello v1"
+
+    (app / "src").mkdir()
+    time.sleep(0.5)  # the file watcher's own race: a new folder is watched once it sees it
+    (app / "src" / "greeting.txt").write_text("hello v2")
+    log = wait_for_log(server, "reloaded to version 2")
+    assert "rebuilt greet" in log
+    assert get(server, "/greet").text == "hello v2"
+
+
+def test_watching_that_fails_starts_again(app, monkeypatch, caplog):
+    """The file watcher itself failing (as it does for a folder that went away just
+    before) is logged, and watching starts again."""
+    real_awatch = watchfiles.awatch
+    starts = []
+
+    def awatch(*roots: Path, **options: object) -> AsyncIterator[set]:
+        starts.append(roots)
+        if len(starts) == 1:
+            return failing_watch()
+        return real_awatch(*roots, **options)
+
+    async def failing_watch() -> AsyncIterator[set]:
+        raise FileNotFoundError("No path was found.")
+        yield set()  # an async generator, as watchfiles.awatch is
+
+    async def scenario() -> list[str]:
+        reasons: list[str] = []
+
+        async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
+            reasons.append(reason)
+            return True
+
+        reloader = Reloader(Settings(manifest=app / "spin.toml"), reload, set)
+        watching = asyncio.create_task(reloader.run())
+        try:
+            async with asyncio.timeout(10):
+                while len(starts) < 2:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # the watcher's thread is running
+                write(app / "one.wat", says("one v2"))
+                while not reasons:
+                    await asyncio.sleep(0.05)
+        finally:
+            watching.cancel()
+        return reasons
+
+    monkeypatch.setattr(watchfiles, "awatch", awatch)
+    with caplog.at_level(logging.INFO, "wagi.reload"):
+        assert asyncio.run(scenario()) == ["changed: one.wat"]
+    assert "watching for changes failed; watching again in 1 s" in caplog.text
+    assert "No path was found." in caplog.text
+
+
 def test_changes_that_come_together_make_one_reload(serve, app):
     server = serve("-c", str(app / "spin.toml"), "--watch", "--watch-debounce", "0.3")
     for n in range(5):
@@ -142,24 +260,8 @@ def test_changes_that_come_together_make_one_reload(serve, app):
 
 
 def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
-    # The "build" turns greeting.txt into greet.wat, as a compiler would turn source into wasm.
     (app / "greeting.txt").write_text("hello v1")
-    builder = app / "make_greet.py"
-    builder.write_text(
-        "import pathlib, sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "from conftest import cgi_guest\n"
-        "text = pathlib.Path('greeting.txt').read_text()\n"
-        "if 'break' in text: sys.exit('cannot build: ' + text)\n"
-        "body = b'Content-Type: text/plain\\n\\n' + text.encode()\n"
-        "pathlib.Path('greet.wat').write_text(cgi_guest(body))\n"
-    )
-    tests = Path(__file__).parent
-    build = (
-        f'[component.greet.build]\ncommand = "python make_greet.py {tests}"\n'
-        'watch = ["greeting.txt"]\n'
-    )
-    (app / "spin.toml").write_text(spin_toml({"/greet": "greet"}, build))
+    (app / "spin.toml").write_text(spin_toml({"/greet": "greet"}, greeter(app)))
 
     assert run_wagi("build", "-c", str(app / "spin.toml")).returncode == 0
     server = serve("-c", str(app / "spin.toml"), "--watch")
