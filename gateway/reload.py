@@ -83,12 +83,6 @@ class Watched:
                 chosen.append(component)
         return chosen
 
-    def sources(self) -> set[Path]:
-        """Every component's module file."""
-        if self.manifest is None:
-            return set()
-        return set(self.manifest.modules)
-
     def _files(self) -> set[Path]:
         files = {self.settings.manifest.resolve()}
         if self.settings.env_file is not None:
@@ -121,9 +115,10 @@ class Reloader:
         self._current_digests = current_digests
         self.watched = Watched(settings)
         self._stop = anyio.Event()
-        # Whether the last reload (or build) failed: the files on disk are then not the
-        # live version, so no change may be skipped as already loaded.
-        self._failed = False
+        # The digest of each module file the last build wrote, read just before the reload
+        # that took it over: that version loaded those bytes from there, or newer ones that
+        # the watcher reports as a change of their own. Empty unless that reload succeeded.
+        self._built: dict[Path, str | None] = {}
         self._roots: dict[Path, bool] = {}  # as the last round found them
         # Folders that came into being, whose content the app has not seen yet.
         self._appeared: set[Path] = set()
@@ -179,7 +174,7 @@ class Reloader:
         try:
             await self.changed(paths)
         except Exception:  # the next change may well fix it: keep watching
-            self._failed = True
+            self._built = {}  # what is on disk may not be what runs
             log.exception("handling the changes failed; the running version stays live")
 
     def _step_ms(self) -> int:
@@ -191,23 +186,30 @@ class Reloader:
     async def changed(self, paths: Sequence[Path]) -> None:
         """Rebuild what the changes call for, then reload (unless nothing really changed)."""
         self.watched.refresh()
-        if not self._failed and self._only_rebuilt_modules(paths):
+        if self._only_built_modules(paths):
             return  # the module files a build just wrote, already loaded
+        self._built = {}
         rebuilt = []
         for component in self.watched.to_rebuild(paths):
             if not await asyncio.to_thread(_build, component):
-                self._failed = True
                 return
-            rebuilt.append(component.id)
+            rebuilt.append(component)
+        written = {c.source.resolve(): _digest(c.source) for c in rebuilt}
         reason = f"changed: {_describe(paths, self.settings.manifest.parent)}"
-        self._failed = not await self._reload(reason, rebuilt)
+        if await self._reload(reason, [component.id for component in rebuilt]):
+            self._built = written
 
-    def _only_rebuilt_modules(self, paths: Sequence[Path]) -> bool:
-        sources = self.watched.sources()
-        if not paths or any(path.resolve() not in sources for path in paths):
+    def _only_built_modules(self, paths: Sequence[Path]) -> bool:
+        """Whether the changes are the module files the last build wrote, each with the
+        bytes the running version loaded from it (another module's bytes are a change)."""
+        if not paths:
             return False
-        digests = self._current_digests()
-        return all(_digest(path) in digests for path in paths)
+        running = self._current_digests()
+        for path in paths:
+            digest = _digest(path)
+            if digest is None or digest != self._built.get(path.resolve()) or digest not in running:
+                return False
+        return True
 
 
 def _build(component: Component) -> bool:

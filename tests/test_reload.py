@@ -158,6 +158,17 @@ def test_putting_back_the_live_module_after_a_failed_reload_applies_what_waited(
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_a_module_given_the_bytes_of_another_component_is_reloaded(serve, app, workers):
+    """The running version had those bytes (two runs them), so the change was skipped
+    as a build's output already loaded, and /one kept its old module."""
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", str(workers))
+    wait_for_log(server, "wagi: ready", count=workers)
+    write(app / "one.wat", (app / "two.wat").read_text())
+    wait_for_log(server, "reloaded to version 2", count=workers)
+    assert {get(server, "/one").text for _ in range(10)} == {"two v1"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_module_in_a_folder_that_does_not_exist_is_waited_for(serve, app, tmp_path, workers):
     """The folder could not be watched, and the watcher died: nothing was reloaded after."""
     server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", str(workers))
