@@ -11,20 +11,24 @@ breaks anything leaves the running version serving, and the log says why.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import watchfiles
 
-from .build import BuildError, build_component, watches
+from .build import BuildError, BuildStopped, build_component, watches
 from .config import Settings
 from .manifest import Component, Manifest, ManifestError, load_manifest
 
 log = logging.getLogger("wagi.reload")
+T = TypeVar("T")
 
 # Stop waiting for the file watcher's thread this often, so shutdown is quick; each time,
 # folders that did not exist are looked for again.
@@ -191,7 +195,7 @@ class Reloader:
         self._built = {}
         rebuilt = []
         for component in self.watched.to_rebuild(paths):
-            if not await asyncio.to_thread(_build, component):
+            if not await _build_until_cancelled(component):
                 return
             rebuilt.append(component)
         written = {c.source.resolve(): _digest(c.source) for c in rebuilt}
@@ -212,12 +216,41 @@ class Reloader:
         return True
 
 
-def _build(component: Component) -> bool:
+async def _build_until_cancelled(component: Component) -> bool:
+    """Build a component (see `_build`); cancelled, as the gateway stops, kill the build."""
+    stop = threading.Event()
+    try:
+        # Not in the loop's executor: the interpreter waits for its threads as it exits,
+        # and a supervisor's watcher is never cancelled (its build is stopped at exit).
+        return await _in_daemon_thread(lambda: _build(component, stop))
+    finally:
+        stop.set()  # cancelled: the build is killed rather than waited for
+
+
+async def _in_daemon_thread(function: Callable[[], T]) -> T:
+    """`function()`, run in a thread of its own that does not hold up the process's exit."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(function())
+            except BaseException as error:  # for the awaiting task to raise
+                done.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return await asyncio.wrap_future(done)
+
+
+def _build(component: Component, stop: threading.Event) -> bool:
     """Run a component's build; on failure log its output and say the old version stays."""
     try:
-        build_component(component, echo=log.debug, capture=True)
+        build_component(component, echo=log.debug, capture=True, stop=stop)
     except BuildError as error:
         log.error("%s; the running version stays live. Its output:\n%s", error, error.output)
+        return False
+    except BuildStopped:
+        log.info("stopped building %s: the gateway is stopping", component.id)
         return False
     log.info("rebuilt %s", component.id)
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -65,6 +66,29 @@ def greeter(app: Path, workdir: str = ".") -> str:
         f'[component.greet.build]\ncommand = "{command}"\nworkdir = "{workdir}"\n'
         'watch = ["greeting.txt"]\n'
     )
+
+
+# A build that never ends by itself: its shell waits for a child, whose pid it writes down.
+ENDLESS_BUILD = (
+    '[component.one.build]\ncommand = "sleep 30 & echo $! > sleeper.pid; wait"\n'
+    'watch = ["one.src"]\n'
+)
+
+
+def endless_build_started(app: Path) -> int:
+    """Wait until the endless build runs; the pid of the shell's child."""
+    pid_file = app / "sleeper.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), "no build started")
+    return int(pid_file.read_text())
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (one that ended but is not reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -294,6 +318,52 @@ def test_a_component_is_rebuilt_when_its_build_inputs_change(serve, app):
     assert get(server, "/greet").text == "hello v3"
     time.sleep(0.5)  # the module the build wrote needs no second reload
     assert "reloaded to version 4" not in server.log()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stopping_the_gateway_kills_a_build_in_progress(serve, app, workers):
+    """Shutdown waited for the build to end, however long (forever, for a stuck one)."""
+    (app / "spin.toml").write_text(spin_toml({"/one": "one", "/two": "two"}, ENDLESS_BUILD))
+    server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", str(workers))
+    wait_for_log(server, "wagi: ready", count=workers)
+    (app / "one.src").write_text("edited")
+    sleeper = endless_build_started(app)
+    asked = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=15) == 0
+    assert time.monotonic() - asked < 5
+    assert "stopped building one: the gateway is stopping" in server.log()
+    assert not running(sleeper)  # the build's whole process group is gone
+
+
+def test_a_reloader_cancelled_kills_its_build(app, caplog):
+    (app / "spin.toml").write_text(spin_toml({"/one": "one"}, ENDLESS_BUILD))
+
+    async def reload(reason: str, rebuilt: Sequence[str]) -> bool:
+        return True
+
+    async def scenario() -> int:
+        reloader = Reloader(Settings(manifest=app / "spin.toml"), reload, set)
+        watching = asyncio.create_task(reloader.run())
+        while "watching" not in caplog.text:
+            await asyncio.sleep(0.05)
+        (app / "one.src").write_text("edited")
+        sleeper = await asyncio.to_thread(endless_build_started, app)
+        try:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            async with asyncio.timeout(5):
+                while running(sleeper):
+                    await asyncio.sleep(0.05)
+        finally:  # not to wait for it, if it was not killed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper, signal.SIGKILL)
+        return sleeper
+
+    with caplog.at_level(logging.INFO, "wagi.reload"):
+        asyncio.run(scenario())
+    assert "stopped building one" in caplog.text
 
 
 def test_editing_a_c_source_rebuilds_it_with_its_build_command(serve, tmp_path):
