@@ -235,13 +235,14 @@ class Gateway:
                 live = f"version {self.version} is still live" if self.loaded else "not serving"
                 log.error("reload failed (%s): %s; %s", reason, error, live)
                 return False
+            previous = self.loaded
             self._install(loaded)
             log.info(
                 "reloaded to version %d in %.0f ms (%s)%s",
                 self.version,
                 (time.perf_counter() - started) * 1000,
                 reason,
-                _what_changed(loaded, rebuilt),
+                _what_changed(loaded, previous, rebuilt),
             )
             return True
 
@@ -656,15 +657,20 @@ def _log_answer(level: int, request_id: str, status: int, handler: Handler, reas
     )
 
 
-def _what_changed(loaded: LoadedApp, rebuilt: Sequence[str]) -> str:
+def _what_changed(loaded: LoadedApp, previous: LoadedApp, rebuilt: Sequence[str]) -> str:
     """`; rebuilt a; recompiled b; unchanged c` for the reload log line."""
-    by_how: dict[str, list[str]] = {"compiled": [], "cached": [], "reused": []}
+    by_how: dict[str, list[str]] = {"compiled": [], "cached": [], "reused": [], "swapped": []}
     for component in loaded.components.values():
-        by_how[component.module.how].append(component.id)
+        how = component.module.how
+        before = previous.components.get(component.id)
+        if how == "reused" and (before is None or before.module.digest != component.module.digest):
+            how = "swapped"  # a module this process had loaded for another component
+        by_how[how].append(component.id)
     parts = [
         ("rebuilt", list(rebuilt)),
         ("recompiled", by_how["compiled"]),
         ("from the compiled cache", by_how["cached"]),
+        ("changed to a module already loaded", by_how["swapped"]),
         ("unchanged", by_how["reused"]),
     ]
     return "".join(f"; {label} {', '.join(names)}" for label, names in parts if names)

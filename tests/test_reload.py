@@ -188,7 +188,8 @@ def test_a_module_given_the_bytes_of_another_component_is_reloaded(serve, app, w
     server = serve("-c", str(app / "spin.toml"), "--watch", "--workers", str(workers))
     wait_for_log(server, "wagi: ready", count=workers)
     write(app / "one.wat", (app / "two.wat").read_text())
-    wait_for_log(server, "reloaded to version 2", count=workers)
+    log = wait_for_log(server, "reloaded to version 2", count=workers)
+    assert "; changed to a module already loaded one; unchanged two" in log  # not "unchanged one"
     assert {get(server, "/one").text for _ in range(10)} == {"two v1"}
 
 
