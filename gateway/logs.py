@@ -153,7 +153,10 @@ def _first_lines(stderr: bytes) -> list[str]:
         logged = logged[: end + 1]
     elif len(logged) < len(stderr):  # cut within the bytes allowed: whole lines, if any
         logged = logged[: logged.rfind(b"\n") + 1 or None]
-    lines = logged.decode("utf-8", "replace").splitlines()[:MAX_STDERR_LINES]
+    # Lines end at `\n` alone, as counted above (splitlines would also split at `\r`).
+    lines = [line.removesuffix("\r") for line in logged.decode("utf-8", "replace").split("\n")]
+    if lines[-1] == "":
+        lines.pop()  # what the last `\n` ends
     if len(logged) < len(stderr):
         lines.append(f"... {len(stderr) - len(logged)} more bytes of stderr not logged")
     return lines

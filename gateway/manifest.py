@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
+import fnmatch
 import os
 import re
 import stat
@@ -298,7 +298,7 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ManifestError(str(path), "", "not valid TOML: nested too deeply") from None
     ctx = _Context(path, text, check_sources)
-    _refuse_nul(ctx, data, ())
+    _refuse_nul(ctx, data)
     version = data.get("spin_manifest_version")
     if version is None and "module" in data:
         return _load_wagi(ctx, data)
@@ -316,14 +316,19 @@ def load_manifest(path: Path, *, check_sources: bool = True) -> Manifest:
     )
 
 
-def _refuse_nul(ctx: _Context, value: Any, key_path: KeyPath) -> None:
+def _refuse_nul(ctx: _Context, data: dict) -> None:
     """No key or string may hold NUL: paths, names and values all reach C strings."""
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in items:
-        if (isinstance(key, str) and "\x00" in key) or (isinstance(item, str) and "\x00" in item):
-            raise ctx.error((*key_path, key), "must not hold a NUL character")
-        if isinstance(item, (dict, list)):
-            _refuse_nul(ctx, item, (*key_path, key))
+    pending: list[tuple[KeyPath, Any]] = [((), data)]  # a stack: dotted keys nest deep
+    while pending:
+        key_path, value = pending.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if (isinstance(key, str) and "\x00" in key) or (
+                isinstance(item, str) and "\x00" in item
+            ):
+                raise ctx.error((*key_path, key), "must not hold a NUL character")
+            if isinstance(item, (dict, list)):
+                pending.append(((*key_path, key), item))
 
 
 def _toml_error(path: Path, error: tomllib.TOMLDecodeError) -> ManifestError:
@@ -686,7 +691,8 @@ def _spin_files(
     entries = table.take("files", list, default=[])
     excludes = table.strings("exclude_files")
     folder = table.ctx.folder.resolve()
-    excluded = {name for pattern in excludes for name, _ in _glob(folder, pattern)}
+    # Excluded by name, and by the file itself, whatever symlink leads to it.
+    excluded = {item for pattern in excludes for pair in _glob(folder, pattern) for item in pair}
     mounts: list[Mount] = []
     files: dict[str, IncludedFile] = {}
     empty: list[str] = []
@@ -694,7 +700,11 @@ def _spin_files(
         where = (*table.path("files"), index)
         if isinstance(entry, str):
             _inside_app(table, "files", entry.split("*")[0] or ".")
-            matched = [(name, host) for name, host in _glob(folder, entry) if name not in excluded]
+            matched = [
+                (name, host)
+                for name, host in _glob(folder, entry)
+                if name not in excluded and host not in excluded
+            ]
             if not matched:
                 empty.append(entry)
             for name, host in matched:
@@ -746,39 +756,65 @@ def _no_file_inside_a_file(table: _Table, files: dict[str, IncludedFile]) -> Non
 
 def _glob(folder: Path, pattern: str) -> Iterator[tuple[str, Path]]:
     """Files matched by a Spin `files` pattern (a file, a directory, recursively, or a
-    glob), each as its name in the app folder and the file it is. Symlinks are followed,
-    but never out of the app folder; a file reached through one keeps the link's name."""
-    for match in sorted(glob.glob(pattern, root_dir=folder, recursive=True)):
-        name = os.path.normpath(match)
-        within = _folders_on_the_way(folder, name)
-        if within is not None:
-            yield from _files_under(folder, name, within)
+    glob as `glob.glob` reads it: `**` is any number of folders, and `*` skips hidden
+    names), each as its name in the app folder and the file it is. Symlinks are followed,
+    but never out of the app folder nor round a loop; a file reached through one keeps
+    the link's name."""
+    names = tuple(part for part in pattern.split("/") if part not in ("", "."))
+    yield from _matches(folder, "", names, frozenset())
 
 
-def _folders_on_the_way(folder: Path, name: str) -> frozenset[Path] | None:
-    """The folders `name` goes through, or None if it goes through one twice: a glob's
-    `**` follows symlinks, so `a/loop/a/loop/...` names the same files over and over."""
-    seen: set[Path] = set()
-    on_the_way = folder
-    for part in Path(name).parts[:-1]:
-        on_the_way = (on_the_way / part).resolve()
-        if on_the_way in seen:
-            return None
-        seen.add(on_the_way)
-    return frozenset(seen)
+def _matches(
+    folder: Path, name: str, names: tuple[str, ...], within: frozenset[Path]
+) -> Iterator[tuple[str, Path]]:
+    """The files `names` (what is left of a pattern) match from `name`, a folder reached
+    through the folders `within`."""
+    if not names:
+        yield from _files_under(folder, name, within)
+        return
+    here = (folder / name).resolve()
+    if (here != folder and folder not in here.parents) or here in within or not here.is_dir():
+        return
+    first, rest, inside = names[0], names[1:], within | {here}
+    if first == "**":
+        yield from _matches(folder, name, rest, within)  # no folder at all
+    elif not _MAGIC.search(first):
+        yield from _matches(folder, _join(name, first), rest, inside)
+        return
+    for entry in _entries(here):
+        if entry.startswith(".") and not first.startswith("."):
+            continue  # as glob does: hidden names only match a pattern that says so
+        if first == "**":
+            yield from _matches(folder, _join(name, entry), names, inside)
+        elif fnmatch.fnmatchcase(entry, first):
+            yield from _matches(folder, _join(name, entry), rest, inside)
+
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def _join(name: str, entry: str) -> str:
+    return f"{name}/{entry}" if name else entry
+
+
+def _entries(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:  # not a folder after all, or unreadable: nothing in it matches
+        return []
 
 
 def _files_under(folder: Path, name: str, within: frozenset[Path]) -> Iterator[tuple[str, Path]]:
     path = (folder / name).resolve()
-    if folder not in path.parents:
+    if path != folder and folder not in path.parents:
         return  # never follow a pattern or a symlink out of the app folder
     if path.is_dir():
         if path in within:
             return  # a symlink to a folder it is in
-        for entry in sorted(os.listdir(path)):
-            yield from _files_under(folder, f"{name}/{entry}", within | {path})
+        for entry in _entries(path):
+            yield from _files_under(folder, _join(name, entry), within | {path})
     elif path.is_file():  # not a named pipe or a device
-        yield name, path
+        yield os.path.normpath(name), path
 
 
 def _no_special_files(table: _Table, key: str, folder: Path) -> None:

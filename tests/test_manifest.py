@@ -165,7 +165,9 @@ def test_files_reached_through_symlinks_keep_their_own_names(app: Path, tmp_path
     static = app / "static"
     (static / "current.css").symlink_to("css/site.css")  # staged at its target's name before
     (static / "latest").symlink_to("css")
-    (static / "loop").symlink_to(".")  # a glob's ** follows it, again and again
+    (static / "loop").symlink_to(".")  # a glob's ** followed it, again and again
+    (static / "css" / "back").symlink_to("..")  # with two, exponentially
+    (static / "alias.txt").symlink_to("secret.key")  # excluded, whatever leads to it
     (static / "escape.txt").symlink_to(outside)
     path = write(
         app,
@@ -647,6 +649,16 @@ def test_a_nul_anywhere_is_refused_with_its_place(app: Path, entry: str, where: 
     with pytest.raises(ManifestError, match="must not hold a NUL character") as raised:
         load_manifest(path)
     assert where in str(raised.value) and "spin.toml:" in str(raised.value)
+
+
+def test_a_nul_check_copes_with_keys_nested_deep(tmp_path: Path):
+    # tomllib reads dotted keys without recursing; a recursive check hit RecursionError
+    path = write(
+        tmp_path,
+        "spin_manifest_version = 2\n" + ".".join(f"k{i}" for i in range(1200)) + ' = "x"\n',
+    )
+    with pytest.raises(ManifestError):
+        load_manifest(path)
 
 
 def test_a_nul_in_a_wagi_volume_is_refused(app: Path):

@@ -247,6 +247,15 @@ def test_guest_stderr_is_logged_up_to_a_bound(tmp_path):
     )
 
 
+def test_stderr_lines_end_at_newlines_only(caplog):
+    # split at \r as well, 200 of 300 progress lines were dropped without a word
+    caplog.set_level(logging.INFO)
+    ComponentLog(None, "noisy").write("r1", b"50%\r100%\r\n" * 150 + b"end\r\n")
+    lines = [r.getMessage() for r in caplog.records if r.name == "wagi.guest"]
+    assert lines[:100] == ["[noisy r1] 50%\r100%"] * 100
+    assert lines[100:] == [f"[noisy r1] ... {50 * 10 + 5} more bytes of stderr not logged"]
+
+
 def test_a_full_log_disk_does_not_fail_the_request(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     (tmp_path / "noisy.log").symlink_to("/dev/full")  # every write: ENOSPC
