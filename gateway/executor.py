@@ -115,11 +115,19 @@ class Executor:
         if self._stopped.is_set():  # no worker thread would take a guest that runs long
             return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         try:
-            instance = pool.take() or await pool.make()
+            instance = pool.take()
+            if instance is None:  # a miss: made now, within the request's time
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    instance = await pool.make()
         except NoInstanceSlot as error:
             return Outcome(b"", b"", failure=Failure.BUSY, error=str(error))
         except LoadError as error:
             return Outcome(b"", b"", failure=Failure.START, error=str(error))
+        except TimeoutError:
+            return _timed_out(limits.request_timeout)
+        if self._stopped.is_set():  # stopped while a start function ran on a thread
+            instance.close()
+            return Outcome(b"", b"", failure=Failure.CANCELLED, error=SHUTTING_DOWN)
         pool.refill_soon(loop)
         may_block = pool.program.may_block  # then straight to a thread (see above)
         first_slice = self._slice if may_block else 1

@@ -189,7 +189,7 @@ class Reloader:
 
     async def changed(self, paths: Sequence[Path]) -> None:
         """Rebuild what the changes call for, then reload (unless nothing really changed)."""
-        self.watched.refresh()
+        await asyncio.to_thread(self.watched.refresh)  # reading may walk mounted folders
         if self._only_built_modules(paths):
             return  # the module files a build just wrote, already loaded
         self._built = {}

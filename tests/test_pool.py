@@ -22,7 +22,9 @@ from conftest import (
     wait_for_log,
     workers_of,
 )
+from gateway.config import Limits
 from gateway.engine import Engine, Invocation
+from gateway.executor import Executor
 from gateway.pool import InstancePool
 
 HELLO = cgi_guest(b"Content-Type: text/plain\n\nhi\n")
@@ -88,6 +90,29 @@ def test_instances_whose_start_function_runs_are_made_off_the_event_loop(tmp_pat
     assert ticks >= 10, (ticks, seconds)
     assert pool.take_counts() == (0, 1)
     pool.close()
+
+
+def test_a_miss_is_made_within_the_requests_time_and_not_after_a_stop(tmp_path):
+    engine = Engine(tmp_path / "cache")
+    program = link_wat(engine, tmp_path, START_SPINS)  # ~10 ms or more to make
+    executor = Executor(engine, threads=1)
+    try:
+        pool = InstancePool(program, size=0, name="starts")
+        hurried = Limits(request_timeout=0.001)
+        outcome = asyncio.run(executor.run(pool, "_start", Invocation(["g"], {}), hurried))
+        assert outcome.failure == "timeout"  # the wait for its instance counts
+
+        async def stopped_meanwhile():
+            running = asyncio.create_task(
+                executor.run(pool, "_start", Invocation(["g"], {}), Limits())
+            )
+            await asyncio.sleep(0)  # it is making its instance on a thread
+            executor.close()
+            return await running
+
+        assert asyncio.run(stopped_meanwhile()).failure == "cancelled"
+    finally:
+        executor.close()
 
 
 def test_the_pool_is_refilled_from_the_event_loop(tmp_path):
