@@ -169,21 +169,10 @@ def test_files_reached_through_symlinks_keep_their_own_names(app: Path, tmp_path
     (static / "css" / "back").symlink_to("..")  # with two, exponentially
     (static / "alias.txt").symlink_to("secret.key")  # excluded, whatever leads to it
     (static / "escape.txt").symlink_to(outside)
-    path = write(
+    path = one_component(
         app,
-        """
-        spin_manifest_version = 2
-        [application]
-        name = "demo"
-        [[trigger.http]]
-        route = "/"
-        component = "c"
-        executor = { type = "wagi" }
-        [component.c]
-        source = "hello.wat"
-        files = ["static/**/*", { source = "static/current.css", destination = "/c.css" }]
-        exclude_files = ["static/*.key"]
-    """,
+        'files = ["static/**/*", { source = "static/current.css", destination = "/c.css" }]\n'
+        'exclude_files = ["static/*.key"]\n',
     )
     files = {f.guest_path: f.host_path for f in load_manifest(path).components["c"].files}
     site = static / "css" / "site.css"
