@@ -100,10 +100,8 @@ class _Answer:
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            await self.send(message)
-        else:
-            await self.send(message)
-            self.sent += len(message.get("body", b""))
+        await self.send(message)
+        self.sent += len(message.get("body", b""))  # a start message has none
 
 
 class Gateway:
