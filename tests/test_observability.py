@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from conftest import SPIN, cgi_guest, metric, scrape, sleeper, wait_for_log, wait_until
 from gateway.logs import MAX_STDERR_LINES, MAX_STDERR_LOGGED, ComponentLog, TextFormatter
@@ -222,6 +223,8 @@ def test_a_reload_with_workers_removes_no_label_with_a_warning(monkeypatch, recw
     old = _version(kept=_Pool(2, hits=3, misses=1), removed=_Pool(1, hits=2, misses=0))
     metrics.retired(old, _version(kept=_Pool(2, hits=0, misses=0)))
     assert not recwarn.list
+    text = generate_latest(metrics.registry).decode()  # this worker's own values
+    assert metric(text, "wagi_pool_ready_instances", component="removed") == 0  # kept, at 0
 
 
 def test_guest_stderr_is_logged_up_to_a_bound(tmp_path):

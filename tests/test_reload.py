@@ -346,8 +346,9 @@ def test_a_reloader_cancelled_kills_its_build(app, caplog):
     async def scenario() -> int:
         reloader = Reloader(Settings(manifest=app / "spin.toml"), reload, set)
         watching = asyncio.create_task(reloader.run())
-        while "watching" not in caplog.text:
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):  # a watcher that never starts fails, not hangs
+            while "watching" not in caplog.text:
+                await asyncio.sleep(0.05)
         (app / "one.src").write_text("edited")
         sleeper = await asyncio.to_thread(endless_build_started, app)
         try:
